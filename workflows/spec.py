@@ -1,0 +1,497 @@
+"""The deployment spec: one YAML file describes one deployment, everything else is derived.
+
+Validated by pydantic before anything is rendered or submitted. Unknown keys are errors, and
+every error is one line naming the field path and what would be valid. Derived values
+(group size, world size, memory estimate) are computed here once and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+GIB = 1024**3
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Seconds = Annotated[int, Field(ge=1)]
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; each line of the message is one problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Strict(BaseModel):
+    """Base for every spec section: unknown keys are errors, values are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+MODEL_URI = re.compile(
+    r"^(hf://(?P<hf_repo>[\w.-]+/[\w.-]+)@(?P<revision>[\w./-]+)"
+    r"|s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<prefix>\S+)"
+    r"|(?P<path>/\S*))$"
+)
+
+
+class SecretRef(Strict):
+    """A key in a Kubernetes Secret; literal credentials never appear in a spec."""
+
+    name: str = Field(pattern=DNS_LABEL)
+    key: str = Field(default="token", min_length=1)
+
+
+class ModelSpec(Strict):
+    source: str = Field(description="hf://org/name@revision, s3://bucket/prefix or /absolute/path")
+    family: Literal["llama"] = "llama"
+    parameters_billion: float = Field(gt=0, description="parameter count, for the memory estimate")
+    tokenizer: str | None = Field(default=None, description="tokenizer source; defaults to the checkpoint")
+    hf_token_secret: SecretRef | None = None
+
+    @field_validator("source", "tokenizer")
+    @classmethod
+    def _valid_uri(cls, value: str | None) -> str | None:
+        if value is not None and not MODEL_URI.match(value):
+            raise ValueError(
+                f"{value!r} is not a model URI; use hf://org/name@revision, s3://bucket/prefix "
+                "or an absolute path"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _hub_needs_token_secret(self) -> ModelSpec:
+        if self.source.startswith("hf://") and self.hf_token_secret is None:
+            raise ValueError(
+                "hf_token_secret is required for hf:// sources: name the Secret holding the token "
+                "(e.g. {name: hf-token, key: token}); tokens are never written in a spec"
+            )
+        return self
+
+    @property
+    def source_parts(self) -> dict[str, str]:
+        """The named parts of `source`: hf_repo/revision, bucket/prefix, or path."""
+        match = MODEL_URI.match(self.source)
+        assert match is not None  # validated above
+        return {k: v for k, v in match.groupdict().items() if v is not None}
+
+
+# --- backend and build ---------------------------------------------------------------------------
+
+
+class Backend(StrEnum):
+    TRTLLM_ENGINE = "trtllm-engine"
+    TRTLLM_PYTORCH = "trtllm-pytorch"
+    CPU_PYTHON = "cpu-python"  # the local profile: a Triton python-backend model on CPU
+
+
+class Dtype(StrEnum):
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
+class Quantization(StrEnum):
+    NONE = "none"
+    FP8 = "fp8"
+    INT8_WEIGHT_ONLY = "int8_wo"
+    INT4_AWQ = "int4_awq"
+
+
+BYTES_PER_WEIGHT = {"bfloat16": 2.0, "float16": 2.0, "float32": 4.0}
+QUANTIZED_BYTES_PER_WEIGHT = {"fp8": 1.0, "int8_wo": 1.0, "int4_awq": 0.5}
+
+
+class BuildSpec(Strict):
+    dtype: Dtype = Dtype.BFLOAT16
+    quantization: Quantization = Quantization.NONE
+    tp: PositiveInt = 1
+    pp: PositiveInt = 1
+    max_batch_size: PositiveInt = 8
+    max_num_tokens: PositiveInt = 8192
+    max_input_len: PositiveInt = 4096
+    max_seq_len: PositiveInt = 8192
+    paged_context_fmha: bool = True
+    kv_cache_free_gpu_mem_fraction: float = Field(default=0.9, gt=0, le=1)
+    enable_kv_cache_reuse: bool = False
+    enable_chunked_context: bool = False
+    convert_workers: PositiveInt = Field(default=2, description="convert_checkpoint.py --workers")
+    extra_build_flags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _lengths_consistent(self) -> BuildSpec:
+        if self.max_input_len > self.max_seq_len:
+            raise ValueError(
+                f"max_input_len ({self.max_input_len}) must be <= max_seq_len ({self.max_seq_len})"
+            )
+        return self
+
+    @property
+    def bytes_per_weight(self) -> float:
+        """Bytes one parameter takes on the GPU after quantization."""
+        if self.quantization != Quantization.NONE:
+            return QUANTIZED_BYTES_PER_WEIGHT[self.quantization]
+        return BYTES_PER_WEIGHT[self.dtype]
+
+
+# --- cluster -------------------------------------------------------------------------------------
+
+
+class Toleration(Strict):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class S3Location(Strict):
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = "megapod"
+    region: str | None = None
+    endpoint_url: str | None = Field(default=None, description="for S3-compatible stores")
+
+
+class ClusterSpec(Strict):
+    namespace: str = Field(default="default", pattern=DNS_LABEL)
+    instance_type: str | None = Field(default=None, description="e.g. p5.48xlarge; used as a node selector")
+    gpu_product: str | None = Field(default=None, description="nvidia.com/gpu.product label value")
+    gpus_per_node: PositiveInt = 8
+    gpu_memory_gib: float = Field(default=80, gt=0)
+    efa_per_node: int = Field(default=0, ge=0)
+    cpu: str = "96"
+    memory: str = "1024Gi"
+    hugepages_2mi: str | None = Field(default=None, description="hugepages-2Mi per pod, e.g. 5120Mi (EFA)")
+    shm_size: str = "256Gi"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    volume_claim: str = Field(default="megapod-models", pattern=DNS_LABEL)
+    volume_mount: str = "/var/run/models"
+    s3: S3Location | None = None
+    service_account: str = Field(default="megapod-pipeline", pattern=DNS_LABEL)
+    gpu_pool: str = Field(default="gpu", pattern=DNS_LABEL, description="mutex name for the GPU pool")
+
+
+# --- serving -------------------------------------------------------------------------------------
+
+
+class ScalingMetric(StrEnum):
+    QUEUE_COMPUTE_RATIO = "queue_compute_ratio"
+    PENDING_REQUESTS = "pending_requests"
+    TRTLLM_WAITING_REQUESTS = "trtllm_waiting_requests"
+    KV_CACHE_FRACTION = "kv_cache_fraction"
+
+
+class ScalingPolicy(Strict):
+    type: Literal["Pods", "Percent"]
+    value: PositiveInt
+    period_seconds: Annotated[int, Field(ge=1, le=1800)]
+
+
+class ScalingRules(Strict):
+    stabilization_window_seconds: Annotated[int, Field(ge=0, le=3600)]
+    select_policy: Literal["Max", "Min", "Disabled"] = "Max"
+    policies: list[ScalingPolicy] = Field(min_length=1)
+
+
+def _default_scale_up() -> ScalingRules:
+    # One group at a time, no faster than a group can possibly become ready.
+    return ScalingRules(
+        stabilization_window_seconds=60,
+        policies=[ScalingPolicy(type="Pods", value=1, period_seconds=300)],
+    )
+
+
+def _default_scale_down() -> ScalingRules:
+    # Groups take tens of minutes to come back: keep them through short lulls.
+    return ScalingRules(
+        stabilization_window_seconds=1800,
+        policies=[ScalingPolicy(type="Pods", value=1, period_seconds=600)],
+    )
+
+
+class Provisioning(Strict):
+    """How long a new group takes to serve; the HPA simulator uses these (defaults: measured on p5)."""
+
+    node_boot_s: Annotated[int, Field(ge=0)] = 420
+    image_pull_s: Annotated[int, Field(ge=0)] = 600
+    model_load_s: Annotated[int, Field(ge=0)] = 1200
+
+
+class AutoscalingSpec(Strict):
+    engine: Literal["hpa", "keda", "none"] = "hpa"
+    metric: ScalingMetric = ScalingMetric.QUEUE_COMPUTE_RATIO
+    target: float = Field(default=1.0, gt=0)
+    tolerance: float = Field(default=0.1, ge=0, lt=1)
+    sync_period_s: PositiveInt = 15
+    scale_up: ScalingRules = Field(default_factory=_default_scale_up)
+    scale_down: ScalingRules = Field(default_factory=_default_scale_down)
+    provisioning: Provisioning = Field(default_factory=Provisioning)
+
+
+class ReplicaBounds(Strict):
+    min: PositiveInt = 1
+    max: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicaBounds:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+class ServiceSpec(Strict):
+    type: Literal["ClusterIP", "NLB", "ALB"] = "ClusterIP"
+    http_port: PositiveInt = 8000
+    grpc_port: PositiveInt = 8001
+    metrics_port: PositiveInt = 8002
+
+
+class ServingSpec(Strict):
+    image: str = "nvcr.io/nvidia/tritonserver:24.08-trtllm-python-py3"
+    replicas: ReplicaBounds = Field(default_factory=ReplicaBounds)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    service: ServiceSpec = Field(default_factory=ServiceSpec)
+    ssh_port: Annotated[int, Field(ge=1024, le=65535)] = 2222
+    startup_timeout_s: Seconds = 3600
+    barrier_timeout_s: Seconds = 900
+    termination_grace_s: Seconds = 120
+    exclusive_topology: str | None = Field(
+        default=None,
+        description="topology key for one group per domain, e.g. topology.k8s.aws/network-node-layer-3",
+    )
+
+
+# --- load test, benchmark, reports ---------------------------------------------------------------
+
+
+class LoadStage(Strict):
+    name: str = Field(pattern=DNS_LABEL)
+    concurrency: Annotated[int, Field(ge=0)]
+    duration_s: Seconds
+
+
+class LoadExpectations(Strict):
+    groups_serving: PositiveInt | None = Field(default=None, description="groups serving traffic ...")
+    within_s: Seconds | None = Field(default=None, description="... within this many seconds of load start")
+    p95_ttft_ms: float | None = Field(default=None, gt=0, description="p95 TTFT bound during scale-up")
+
+
+class LoadTestSpec(Strict):
+    stages: list[LoadStage] = Field(
+        default_factory=lambda: [
+            LoadStage(name="ramp", concurrency=8, duration_s=300),
+            LoadStage(name="hold", concurrency=32, duration_s=2700),
+            LoadStage(name="drop", concurrency=0, duration_s=1800),
+        ],
+        min_length=1,
+    )
+    isl: PositiveInt = 1024
+    osl: PositiveInt = 256
+    max_requests: PositiveInt = 100_000
+    sample_interval_s: PositiveInt = 5
+    expect: LoadExpectations = Field(default_factory=LoadExpectations)
+
+    @property
+    def duration_s(self) -> int:
+        """Total planned duration of all stages."""
+        return sum(stage.duration_s for stage in self.stages)
+
+
+class Sequence(Strict):
+    isl: PositiveInt
+    osl: PositiveInt
+
+
+class BenchmarkSpec(Strict):
+    tool: Literal["genai-perf", "aiperf"] = "aiperf"
+    concurrency: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 16, 64], min_length=1)
+    sequences: list[Sequence] = Field(
+        default_factory=lambda: [Sequence(isl=128, osl=128), Sequence(isl=2048, osl=128)], min_length=1
+    )
+    request_count: PositiveInt = 100
+    warmup_requests: Annotated[int, Field(ge=0)] = 4
+    streaming: bool = True
+    point_timeout_s: Seconds = 1800
+    random_seed: int = 123
+
+
+class RegressionThresholds(Strict):
+    """Relative change that counts as a regression, per metric (negative: a drop is bad)."""
+
+    output_token_throughput: float = -0.05
+    request_throughput: float = -0.05
+    time_to_first_token_p95: float = 0.10
+    inter_token_latency_p95: float = 0.10
+
+
+class ReportsSpec(Strict):
+    history: str = Field(default="/var/run/models/megapod/history", description="directory or s3:// prefix")
+    baseline: str = Field(default="previous", description="'previous' or a pinned run id")
+    fail_on_regression: bool = False
+    thresholds: RegressionThresholds = Field(default_factory=RegressionThresholds)
+
+
+class Images(Strict):
+    pipeline: str = "ghcr.io/megapod/pipeline:0.1.0"
+
+
+# --- the spec ------------------------------------------------------------------------------------
+
+
+class Spec(Strict):
+    """One deployment: what model, built how, served where, tested and reported how."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=40, description="deployment / release name")
+    model: ModelSpec
+    backend: Backend = Backend.TRTLLM_ENGINE
+    build: BuildSpec = Field(default_factory=BuildSpec)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    loadtest: LoadTestSpec = Field(default_factory=LoadTestSpec)
+    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    reports: ReportsSpec = Field(default_factory=ReportsSpec)
+    images: Images = Field(default_factory=Images)
+
+    @model_validator(mode="after")
+    def _plan_fits(self) -> Spec:
+        check_group_divides(self.build.tp, self.build.pp, self.cluster.gpus_per_node)
+        check_weights_fit(self)
+        return self
+
+    # Derived values: the only place they are computed.
+    @property
+    def world_size(self) -> int:
+        """MPI ranks per model instance: one per GPU."""
+        return self.build.tp * self.build.pp
+
+    @property
+    def group_size(self) -> int:
+        """Pods (nodes) per model instance: the LeaderWorkerSet `size`."""
+        return max(1, self.world_size // self.cluster.gpus_per_node)
+
+    @property
+    def gpus_per_pod(self) -> int:
+        """GPUs each pod of a group requests."""
+        return min(self.world_size, self.cluster.gpus_per_node)
+
+    @property
+    def weight_bytes(self) -> float:
+        """Bytes of weights on the GPUs of one group."""
+        return self.model.parameters_billion * 1e9 * self.build.bytes_per_weight
+
+    @property
+    def group_memory_bytes(self) -> float:
+        """GPU memory in one group."""
+        return self.world_size * self.cluster.gpu_memory_gib * GIB
+
+    def content_hash(self) -> str:
+        """A stable hash of the whole spec (for build manifests and memoization keys)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        """The derived plan as plain values, for `megapod validate` and reports."""
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "tp": self.build.tp,
+            "pp": self.build.pp,
+            "world_size": self.world_size,
+            "group_size": self.group_size,
+            "gpus_per_pod": self.gpus_per_pod,
+            "weights_gib": round(self.weight_bytes / GIB, 1),
+            "group_memory_gib": round(self.group_memory_bytes / GIB, 1),
+            "weights_fraction": round(self.weight_bytes / self.group_memory_bytes, 3),
+        }
+
+
+# Weights may take at most this share of a group's GPU memory; the rest is KV cache and activations.
+MAX_WEIGHTS_FRACTION = 0.9
+
+
+def check_group_divides(tp: int, pp: int, gpus_per_node: int) -> None:
+    """Refuse a tp*pp that does not fill whole nodes (or fit inside one)."""
+    world = tp * pp
+    if world > gpus_per_node and world % gpus_per_node:
+        raise ValueError(
+            f"build.tp*build.pp = {tp}*{pp} = {world} GPUs is not a multiple of cluster.gpus_per_node "
+            f"({gpus_per_node}); use a world size that fills whole nodes, e.g. "
+            f"{gpus_per_node * math.ceil(world / gpus_per_node)}"
+        )
+
+
+def check_weights_fit(spec: Spec) -> None:
+    """Refuse a plan whose weights cannot fit the group's GPU memory, suggesting what would."""
+    budget = spec.group_memory_bytes * MAX_WEIGHTS_FRACTION
+    if spec.weight_bytes <= budget:
+        return
+    suggestions = []
+    per_gpu_budget = spec.cluster.gpu_memory_gib * GIB * MAX_WEIGHTS_FRACTION
+    gpus_needed = math.ceil(spec.weight_bytes / per_gpu_budget)
+    pp_needed = math.ceil(gpus_needed / spec.build.tp)
+    suggestions.append(f"build.pp={pp_needed} ({spec.build.tp * pp_needed} GPUs)")
+    for quant, nbytes in QUANTIZED_BYTES_PER_WEIGHT.items():
+        if nbytes < spec.build.bytes_per_weight and spec.model.parameters_billion * 1e9 * nbytes <= budget:
+            suggestions.append(f"build.quantization={quant}")
+            break
+    raise ValueError(
+        f"weights need {spec.weight_bytes / GIB:.0f} GiB but one group of {spec.world_size} x "
+        f"{spec.cluster.gpu_memory_gib:g} GiB GPUs allows {budget / GIB:.0f} GiB "
+        f"({MAX_WEIGHTS_FRACTION:.0%}); try {' or '.join(suggestions)}"
+    )
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _format_error(error: Any) -> str:
+    path = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see README 'Spec reference')"
+    elif error["type"] in ("enum", "literal_error"):
+        message = message.replace("Input should be", "must be one of")
+    else:
+        message = message.replace("Input should be", "must be").replace("greater than or equal to", ">=")
+        message = message.replace("less than or equal to", "<=").replace("greater than", ">")
+    got = error.get("input")
+    if error["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict | list):
+        message += f" (got {got!r})"
+    return f"{path}: {message}" if path else message
+
+
+def parse_spec(data: Any, origin: str = "spec") -> Spec:
+    """Validate already-parsed YAML data; raise SpecError with one line per problem."""
+    if not isinstance(data, dict):
+        raise SpecError([f"{origin}: expected a mapping of spec sections, got {type(data).__name__}"])
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError([f"{origin}: {_format_error(e)}" for e in exc.errors()]) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file; raise SpecError with one line per problem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError([f"{path}: no such spec file"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError([f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    return parse_spec(data, str(path))
