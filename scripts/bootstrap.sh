@@ -31,10 +31,11 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/
   sudo_if_needed systemctl stop prometheus || true
 fi
 
-venv() {  # venv DIR PYTHON -- pip args...
+venv() {  # venv DIR PYTHON -- pip args...   (re-installs when the args change, or pyproject.toml for ours)
   local dir=$1 python=$2; shift 3
-  local stamp=$dir/.megapod-stamp want
-  want=$(printf '%s\n' "$@" | sha256sum | cut -c1-16)
+  local stamp=$dir/.megapod-stamp want own=""
+  [[ "$*" == *"$ROOT["* ]] && own=$(cat "$ROOT/pyproject.toml")
+  want=$( { printf '%s\n' "$@"; echo "$own"; } | sha256sum | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   log "venv $dir: installing $*"
   [ -x "$dir/bin/python" ] || "$python" -m venv "$dir"
