@@ -1,0 +1,145 @@
+"""Values for charts/triton-lws, derived from a megapod spec and nothing else.
+
+`chart_values(spec)` returns a dict with exactly the key tree of charts/triton-lws/values.yaml
+(tests check it against values.schema.json). `SCALING_SERIES` is the one place that says which
+recorded Prometheus series stands for each `ScalingMetric`: the chart's recording rules, the
+adapter rules, the HPA/KEDA metric and anything querying Prometheus all follow it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from workflows.spec import ScalingMetric, ScalingRules, Spec
+
+CHART_DIR = Path(__file__).resolve().parents[1] / "charts" / "triton-lws"
+
+# Recorded series (one value per LWS group, labelled with the leader pod) per scaling metric.
+SCALING_SERIES: dict[str, str] = {
+    ScalingMetric.QUEUE_COMPUTE_RATIO.value: "megapod:queue_compute:ratio",
+    ScalingMetric.PENDING_REQUESTS.value: "megapod:pending_requests:sum",
+    ScalingMetric.TRTLLM_WAITING_REQUESTS.value: "megapod:trtllm_waiting_requests:sum",
+    ScalingMetric.KV_CACHE_FRACTION.value: "megapod:kv_cache_used:fraction",
+}
+GPU_UTILIZATION_SERIES = "megapod:gpu_utilization:avg"
+
+# The Triton model whose queue and compute times measure a group's load: the GPU-bound
+# TRT-LLM model, not the ensemble (whose stats add up its composing models) nor the CPU
+# tokenizer models.
+SCALING_MODEL = "tensorrt_llm"
+
+# Node labels set by EKS / the GPU operator that the spec's instance type and GPU product map to.
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+def adapter_metric_name(series: str) -> str:
+    """Name prometheus-adapter exposes a recorded series under (colons are not allowed there)."""
+    return series.replace(":", "_")
+
+
+def scaling_series(spec: Spec) -> str:
+    """The recorded series the autoscaler of this spec follows."""
+    return SCALING_SERIES[str(spec.serving.autoscaling.metric)]
+
+
+def _behavior(rules: ScalingRules) -> dict[str, Any]:
+    """HPA autoscaling/v2 HPAScalingRules (camelCase) from the spec's scaling rules."""
+    return {
+        "stabilizationWindowSeconds": rules.stabilization_window_seconds,
+        "selectPolicy": rules.select_policy,
+        "policies": [
+            {"type": p.type, "value": p.value, "periodSeconds": p.period_seconds} for p in rules.policies
+        ],
+    }
+
+
+def _node_selector(spec: Spec) -> dict[str, str]:
+    selector: dict[str, str] = {}
+    if spec.cluster.instance_type:
+        selector[INSTANCE_TYPE_LABEL] = spec.cluster.instance_type
+    if spec.cluster.gpu_product:
+        selector[GPU_PRODUCT_LABEL] = spec.cluster.gpu_product
+    selector.update(spec.cluster.node_selector)  # explicit entries win
+    return selector
+
+
+def default_repository(spec: Spec) -> str:
+    """Where the model repository lives on the volume unless deploy is given the published one."""
+    return f"{spec.cluster.volume_mount.rstrip('/')}/repositories/{spec.name}"
+
+
+def chart_values(spec: Spec) -> dict[str, Any]:
+    """Values for charts/triton-lws (same key tree as its values.yaml) derived from `spec`."""
+    serving, cluster, scaling = spec.serving, spec.cluster, spec.serving.autoscaling
+    return {
+        "nameOverride": "",
+        "fullnameOverride": "",
+        "image": {"ref": serving.image, "pullPolicy": "IfNotPresent"},
+        "imagePullSecrets": [],
+        "backend": str(spec.backend),
+        "group": {
+            "size": spec.group_size,
+            "gpusPerPod": spec.gpus_per_pod,
+            "worldSize": spec.world_size,
+            "startupPolicy": "LeaderCreated",
+            "exclusiveTopology": serving.exclusive_topology or "",
+        },
+        "replicas": {"min": serving.replicas.min, "max": serving.replicas.max},
+        "resources": {
+            "cpu": cluster.cpu,
+            "memory": cluster.memory,
+            "efa": cluster.efa_per_node,
+            "hugepages2Mi": cluster.hugepages_2mi or "",
+            "shmSize": cluster.shm_size,
+        },
+        "nodeSelector": _node_selector(spec),
+        "tolerations": [t.model_dump(exclude_none=True) for t in cluster.tolerations],
+        "model": {
+            "volumeClaim": cluster.volume_claim,
+            "mountPath": cluster.volume_mount,
+            "repository": default_repository(spec),
+        },
+        "ports": {
+            "http": serving.service.http_port,
+            "grpc": serving.service.grpc_port,
+            "metrics": serving.service.metrics_port,
+            "ssh": serving.ssh_port,
+        },
+        "launcher": {
+            "barrierTimeoutSeconds": serving.barrier_timeout_s,
+            "terminationGracePeriodSeconds": serving.termination_grace_s,
+        },
+        "probes": {
+            "startupTimeoutSeconds": serving.startup_timeout_s,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "service": {
+            "type": serving.service.type,
+            "annotations": {},
+            "alb": {"scheme": "internet-facing", "certificateArn": ""},
+        },
+        "autoscaling": {
+            "engine": scaling.engine,
+            "metric": str(scaling.metric),
+            "target": float(scaling.target),
+            "behavior": {"scaleUp": _behavior(scaling.scale_up), "scaleDown": _behavior(scaling.scale_down)},
+            "keda": {
+                "serverAddress": "http://prometheus-operated.monitoring.svc:9090",
+                "pollingInterval": scaling.sync_period_s,
+            },
+        },
+        "monitoring": {
+            "podMonitor": {"enabled": True, "interval": f"{scaling.sync_period_s}s", "labels": {}},
+            "prometheusRule": {"enabled": True, "interval": f"{scaling.sync_period_s}s", "labels": {}},
+            "adapterRules": {"enabled": True},
+            "scalingModel": SCALING_MODEL,
+            "rateWindow": "1m",
+            "series": dict(SCALING_SERIES),
+            "gpuUtilizationSeries": GPU_UTILIZATION_SERIES,
+            "dcgm": {"enabled": True, "podLabel": "pod", "namespaceLabel": "namespace"},
+        },
+    }
