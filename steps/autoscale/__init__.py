@@ -1,0 +1,1 @@
+"""The autoscale-test stage: staged load, samplers, timeline, milestones, expectations; HPA simulator."""
