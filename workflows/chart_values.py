@@ -119,8 +119,9 @@ def chart_values(spec: Spec) -> dict[str, Any]:
         },
         "service": {
             "type": serving.service.type,
+            "scheme": "internet-facing",
+            "certificateArn": "",
             "annotations": {},
-            "alb": {"scheme": "internet-facing", "certificateArn": ""},
         },
         "autoscaling": {
             "engine": scaling.engine,
