@@ -1,0 +1,93 @@
+"""The single-model `ensemble`: the TRT-LLM ensemble contract served by one decoupled python model.
+
+text_input + max_tokens (+ stream, exclude_input_in_output, min_tokens/min_length, ignore_eos,
+bad_words, stop_words, end_id, pad_id) in, text_output out; one response per generated token when
+streaming, one response with the whole text otherwise. Tokenizer and numpy Llama run in-process.
+Config parameters: `engine_dir` (HF checkpoint directory) and `tokenizer_dir` (defaults to engine_dir).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from steps.cpu_backend.llama import LlamaModel
+from steps.cpu_backend.repository import ENSEMBLE_INPUTS
+from steps.cpu_backend.textgen import IncrementalDecoder, TextCodec, TextRequest, parse_text_request
+from steps.cpu_backend.triton_common import (
+    FINAL,
+    ConcurrentGenerator,
+    max_batch_size,
+    model_parameters,
+    resolve_dir,
+    run_in_thread,
+    send_error,
+)
+
+# min_length is v0.12's name for what later releases (and our contract) call min_tokens.
+ALIASES = {"min_length": "min_tokens"}
+
+
+class TritonPythonModel:
+    """Decoupled text-generation model: a thread per request, at most max_batch_size decoding at once."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(config):
+            raise ValueError(
+                "the ensemble model must be decoupled (model_transaction_policy { decoupled: true })"
+            )
+        params = model_parameters(args)
+        engine_dir = resolve_dir(args, params.get("engine_dir", ""), "engine_dir")
+        tokenizer_dir = resolve_dir(args, params.get("tokenizer_dir") or str(engine_dir), "tokenizer_dir")
+        self.codec = TextCodec(tokenizer_dir)
+        self.batched = max_batch_size(args) > 0
+        self.generator = ConcurrentGenerator(
+            LlamaModel.load(engine_dir),
+            max_active=max(1, max_batch_size(args)),
+            model_name=args["model_name"],
+            version=args["model_version"],
+        )
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                parsed = parse_text_request(self._inputs(request), self.codec)
+            except Exception as exc:
+                send_error(sender, f"invalid request: {exc}")
+                continue
+            run_in_thread(lambda parsed=parsed, sender=sender: self._serve(parsed, sender), sender)
+        return None
+
+    def _inputs(self, request) -> dict[str, np.ndarray]:
+        found = {}
+        for name, *_ in ENSEMBLE_INPUTS:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                found[ALIASES.get(name, name)] = tensor.as_numpy()
+        return found
+
+    def _text(self, text: str) -> pb_utils.InferenceResponse:
+        shape = (1, 1) if self.batched else (1,)
+        data = np.array([text.encode("utf-8")], dtype=np.object_).reshape(shape)
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("text_output", data)])
+
+    def _serve(self, request: TextRequest, sender) -> None:
+        tokens = self.generator.tokens(request.prompt_ids, request.params, sender)
+        if request.stream:
+            decoder = IncrementalDecoder(self.codec)
+            for token in tokens:
+                sender.send(self._text(decoder.push(token)))
+            # A trailing incomplete UTF-8 sequence was held back; it rides on the final response.
+            rest = decoder.flush()
+            sender.send(self._text(rest) if rest else None, flags=FINAL)
+            return
+        generated = list(tokens)
+        ids = generated if request.exclude_input else request.prompt_ids + generated
+        sender.send(self._text(self.codec.decode(ids)), flags=FINAL)
+
+    def finalize(self) -> None:
+        pb_utils.Logger.log_info("ensemble (CPU) model unloaded")

@@ -1,0 +1,137 @@
+"""Shared machinery of the CPU backend's decoupled Triton python models (imported only inside the stub).
+
+A request runs on its own thread; at most `max_active` sequences decode at once (the rest count as
+waiting), which is how an in-flight batcher looks from the outside. The TRT-LLM backend's custom
+gauges are published from the same counters so dashboards and autoscaling rules see real values.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from steps.cpu_backend.llama import GenerationParams, LlamaModel, check_fits, generate
+from steps.cpu_backend.textgen import SchedulerStats
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def model_parameters(args: dict) -> dict[str, str]:
+    """The `parameters { key: ... value { string_value: ... } }` of the model's config.pbtxt."""
+    config = json.loads(args["model_config"])
+    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+
+def max_batch_size(args: dict) -> int:
+    return int(json.loads(args["model_config"]).get("max_batch_size", 0))
+
+
+def resolve_dir(args: dict, value: str, parameter: str) -> Path:
+    """A directory parameter: absolute, or relative to this model's directory in the repository."""
+    if not value or value.startswith("${"):
+        raise ValueError(f"config parameter {parameter} is not set (got {value!r}); give a directory path")
+    path = Path(value)
+    path = path if path.is_absolute() else Path(args["model_repository"]) / path
+    if not path.is_dir():
+        raise ValueError(f"config parameter {parameter}={value} is not a directory")
+    return path
+
+
+def send_error(sender, message: str) -> None:
+    """Finish a decoupled request with an error the client sees."""
+    sender.send(
+        pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)), flags=FINAL
+    )
+
+
+def run_in_thread(work: Callable[[], None], sender) -> None:
+    """Serve one request on a daemon thread; any exception becomes the request's error response."""
+
+    def guarded() -> None:
+        try:
+            work()
+        except Exception as exc:
+            pb_utils.Logger.log_error(f"request failed: {exc!r}")
+            send_error(sender, str(exc))
+
+    threading.Thread(target=guarded, daemon=True).start()
+
+
+class TrtLlmGauges:
+    """nv_trt_llm_request_metrics / nv_trt_llm_kv_cache_block_metrics, labelled like the real backend."""
+
+    def __init__(self, stats: SchedulerStats, model_name: str, version: str):
+        self.stats = stats
+        labels = {"model": model_name, "version": version}
+        # Triton drops a family whose Python object is garbage collected: keep the references.
+        self.request_family = pb_utils.MetricFamily(
+            name="nv_trt_llm_request_metrics",
+            description="TRT LLM request metrics",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self.kv_family = pb_utils.MetricFamily(
+            name="nv_trt_llm_kv_cache_block_metrics",
+            description="TRT LLM KV cache block metrics",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self.request_gauges = {
+            kind: self.request_family.Metric(labels={**labels, "request_type": kind})
+            for kind in stats.request_values()
+        }
+        self.kv_gauges = {
+            kind: self.kv_family.Metric(labels={**labels, "kv_cache_block_type": kind})
+            for kind in stats.kv_cache_values()
+        }
+        self._lock = threading.Lock()
+        self.publish()
+
+    def publish(self) -> None:
+        with self._lock:
+            for kind, value in self.stats.request_values().items():
+                self.request_gauges[kind].set(value)
+            for kind, value in self.stats.kv_cache_values().items():
+                self.kv_gauges[kind].set(value)
+
+
+class ConcurrentGenerator:
+    """Runs greedy decoding for many requests at once, at most `max_active` sequences in flight."""
+
+    def __init__(self, model: LlamaModel, max_active: int, model_name: str, version: str):
+        self.model = model
+        self.stats = SchedulerStats(max_active, model.config.max_position_embeddings)
+        self.gauges = TrtLlmGauges(self.stats, model_name, version)
+        self._slots = threading.BoundedSemaphore(max_active)
+        self._ids = itertools.count()
+
+    def tokens(self, prompt_ids: list[int], params: GenerationParams, sender=None) -> Iterator[int]:
+        """Yield new tokens; waits for a free slot first; stops early if the client cancelled."""
+        check_fits(self.model, len(prompt_ids), params.max_new_tokens)
+        request_id = next(self._ids)
+        self.stats.waiting(+1)
+        self.gauges.publish()
+        with self._slots:
+            self.stats.waiting(-1)
+            self.stats.context(+1)
+            self.stats.set_length(request_id, len(prompt_ids))
+            self.gauges.publish()
+            in_context = True
+            try:
+                for count, token in enumerate(generate(self.model, prompt_ids, params), start=1):
+                    if in_context:
+                        in_context = False
+                        self.stats.context(-1)
+                    self.stats.set_length(request_id, len(prompt_ids) + count)
+                    self.gauges.publish()
+                    yield token
+                    if sender is not None and sender.is_cancelled():
+                        return
+            finally:
+                if in_context:  # finished (EOS, error, cancel) before its first token
+                    self.stats.context(-1)
+                self.stats.set_length(request_id, None)
+                self.gauges.publish()
