@@ -369,6 +369,8 @@ def test_launcher_command_lines() -> None:
         "/etc/megapod/ssh/authorized_keys",
         "--host-key",
         "/etc/megapod/ssh/ssh_host_ecdsa_key",
+        "--grace-period",
+        str(spec.serving.termination_grace_s),
     ]
 
 

@@ -81,6 +81,8 @@ spec:
         - /etc/megapod/ssh/authorized_keys
         - --host-key
         - /etc/megapod/ssh/ssh_host_ecdsa_key
+        - --grace-period
+        - {{ $v.launcher.terminationGracePeriodSeconds | quote }}
         {{- end }}
       env:
         - name: HOME
