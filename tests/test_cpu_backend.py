@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from steps.cpu_backend.inflight import decode_tokens_batch, word_list_tensor, word_lists_from_tensor
 from steps.cpu_backend.llama import GenerationParams, LlamaModel, generate
+from steps.cpu_backend.repository import MODELS_DIR
 from steps.cpu_backend.textgen import IncrementalDecoder, TextCodec, parse_text_request
 from steps.tritonenv import STUB_PATH_VAR, find_tritonserver, stub_environment, tritonserver_args
-from tests.support.triton import TritonProcess
+from tests.support.triton import TritonProcess, start_triton
 
 PROMPT = "What is machine learning?"
 REQUEST_TIMEOUT_S = 60
@@ -114,6 +118,28 @@ def test_load_names_a_missing_tensor(tiny_model: Path, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text((tiny_model / "config.json").read_text())
     with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
         LlamaModel.load(tmp_path)
+
+
+def test_word_lists_use_trtllm_flat_ids_and_cumulative_offsets(codec: TextCodec) -> None:
+    hello, world_foo = (
+        codec.encode("Hello", add_special_tokens=False),
+        codec.encode(" world foo", add_special_tokens=False),
+    )
+    tensor = word_list_tensor(
+        codec, np.array([[b"Hello", b" world foo"], [b"", b"Hello"]], dtype=np.object_), 2
+    )
+    assert tensor.dtype == np.int32 and tensor.shape == (2, 2, len(hello) + len(world_foo))
+    assert tensor[0, 0].tolist() == hello + world_foo
+    assert tensor[0, 1, :2].tolist() == [len(hello), len(hello) + len(world_foo)]
+    assert word_lists_from_tensor(tensor[:1]) == (tuple(hello), tuple(world_foo))
+    assert word_lists_from_tensor(tensor[1:]) == (tuple(hello),)  # empty words are dropped
+    assert word_lists_from_tensor(word_list_tensor(codec, None, 1)) == ()
+
+
+def test_postprocessing_decodes_up_to_sequence_length(codec: TextCodec) -> None:
+    ids = codec.encode("Hello world", add_special_tokens=False)
+    batch = np.array([[[*ids, *ids]]], dtype=np.int32)  # the tail must be cut at SEQUENCE_LENGTH
+    assert decode_tokens_batch(codec, batch, np.array([[len(ids)]])) == [b"Hello world"]
 
 
 # --- the Triton environment -------------------------------------------------------------------
@@ -230,23 +256,34 @@ def test_grpc_streaming_with_tritonclient(
     inputs[1].set_data_from_numpy(np.array([[6]], dtype=np.int32))
     inputs[2].set_data_from_numpy(np.array([[True]]))
     inputs[3].set_data_from_numpy(np.array([[True]]))
+    texts = [
+        r.as_numpy("text_output").reshape(-1)[0].decode()
+        for r in stream_grpc(triton_server, "ensemble", inputs)
+    ]
+    assert len(texts) == len(tokens)
+    assert "".join(texts) == codec.decode(tokens)
+
+
+def stream_grpc(server: TritonProcess, model: str, inputs: list) -> list:
+    """Send one request on a gRPC stream; return its non-final results (errors fail the test)."""
     responses: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    results = []
     try:
         client.start_stream(callback=lambda result, error: responses.put((result, error)))
-        client.async_stream_infer("ensemble", inputs, enable_empty_final_response=True)
-        texts = []
+        client.async_stream_infer(model, inputs, enable_empty_final_response=True)
         while True:
             result, error = responses.get(timeout=REQUEST_TIMEOUT_S)
             assert error is None, error
             if result.get_response().parameters["triton_final_response"].bool_param:
-                break
-            texts.append(result.as_numpy("text_output").reshape(-1)[0].decode())
+                # A final response may still carry outputs (a non-streaming request's only answer).
+                if result.get_response().outputs:
+                    results.append(result)
+                return results
+            results.append(result)
     finally:
         client.stop_stream()
         client.close()
-    assert len(texts) == len(tokens)
-    assert "".join(texts) == codec.decode(tokens)
 
 
 def scrape(server: TritonProcess) -> dict[str, float]:
@@ -312,3 +349,215 @@ def test_metrics_show_request_success_and_trt_llm_gauges(triton_server: TritonPr
     }
     assert kv["used"] + kv["free"] == kv["max"] > 0
     assert kv["tokens_per"] == 64 and kv["fraction"] == kv["used"] / kv["max"]
+
+
+# --- the 4-model inflight-batcher layout (preprocessing -> tensorrt_llm -> postprocessing) -------
+# steps.publish.render_repository (teammate B) is not in the tree yet, so this test writes minimal
+# configs with the upstream tensorrtllm_backend v0.12.0 names itself.
+
+PRE_INPUTS = [
+    ("QUERY", "STRING", [1]),
+    ("REQUEST_OUTPUT_LEN", "INT32", [1]),
+    ("BAD_WORDS_DICT", "STRING", [-1], True),
+    ("STOP_WORDS_DICT", "STRING", [-1], True),
+    ("END_ID", "INT32", [1], True),
+    ("PAD_ID", "INT32", [1], True),
+]
+PRE_OUTPUTS = [
+    ("INPUT_ID", "INT32", [-1]),
+    ("REQUEST_INPUT_LEN", "INT32", [1]),
+    ("BAD_WORDS_IDS", "INT32", [2, -1]),
+    ("STOP_WORDS_IDS", "INT32", [2, -1]),
+    ("REQUEST_OUTPUT_LEN", "INT32", [-1]),
+    ("OUT_END_ID", "INT32", [1]),
+    ("OUT_PAD_ID", "INT32", [1]),
+]
+LLM_INPUTS = [
+    ("input_ids", "INT32", [-1]),
+    ("input_lengths", "INT32", [1], False, True),
+    ("request_output_len", "INT32", [1], False, True),
+    ("end_id", "INT32", [1], True, True),
+    ("pad_id", "INT32", [1], True, True),
+    ("stop_words_list", "INT32", [2, -1], True),
+    ("bad_words_list", "INT32", [2, -1], True),
+    ("streaming", "BOOL", [1], True, True),
+]
+LLM_OUTPUTS = [("output_ids", "INT32", [-1, -1]), ("sequence_length", "INT32", [-1])]
+POST_INPUTS = [("TOKENS_BATCH", "INT32", [-1, -1]), ("SEQUENCE_LENGTH", "INT32", [-1])]
+POST_OUTPUTS = [("OUTPUT", "STRING", [-1])]
+ENS_INPUTS = [
+    ("text_input", "STRING", [1]),
+    ("max_tokens", "INT32", [1]),
+    ("bad_words", "STRING", [-1], True),
+    ("stop_words", "STRING", [-1], True),
+    ("end_id", "INT32", [1], True),
+    ("pad_id", "INT32", [1], True),
+    ("stream", "BOOL", [1], True),
+]
+ENS_OUTPUTS = [("text_output", "STRING", [-1])]
+STEPS = {
+    "preprocessing": (
+        {
+            "QUERY": "text_input",
+            "REQUEST_OUTPUT_LEN": "max_tokens",
+            "BAD_WORDS_DICT": "bad_words",
+            "STOP_WORDS_DICT": "stop_words",
+            "END_ID": "end_id",
+            "PAD_ID": "pad_id",
+        },
+        {
+            "INPUT_ID": "_INPUT_ID",
+            "REQUEST_INPUT_LEN": "_REQUEST_INPUT_LEN",
+            "BAD_WORDS_IDS": "_BAD_WORDS_IDS",
+            "STOP_WORDS_IDS": "_STOP_WORDS_IDS",
+            "REQUEST_OUTPUT_LEN": "_REQUEST_OUTPUT_LEN",
+            "OUT_END_ID": "_PREPROCESSOR_END_ID",
+            "OUT_PAD_ID": "_PREPROCESSOR_PAD_ID",
+        },
+    ),
+    "tensorrt_llm": (
+        {
+            "input_ids": "_INPUT_ID",
+            "input_lengths": "_REQUEST_INPUT_LEN",
+            "request_output_len": "_REQUEST_OUTPUT_LEN",
+            "end_id": "_PREPROCESSOR_END_ID",
+            "pad_id": "_PREPROCESSOR_PAD_ID",
+            "streaming": "stream",
+            "stop_words_list": "_STOP_WORDS_IDS",
+            "bad_words_list": "_BAD_WORDS_IDS",
+        },
+        {"output_ids": "_TOKENS_BATCH", "sequence_length": "_SEQUENCE_LENGTH"},
+    ),
+    "postprocessing": (
+        {"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH"},
+        {"OUTPUT": "text_output"},
+    ),
+}
+
+
+def pbtxt_tensors(kind: str, specs: list) -> str:
+    entries = []
+    for name, dtype, dims, *flags in specs:
+        optional, scalar = [*flags, False, False][:2]
+        entries.append(
+            f'{{ name: "{name}" data_type: TYPE_{dtype} dims: {dims}'
+            + (" optional: true" if optional else "")
+            + (" reshape: { shape: [ ] }" if scalar else "")
+            + " }"
+        )
+    return f"{kind} [ {', '.join(entries)} ]\n"
+
+
+def python_model_config(
+    name: str, inputs: list, outputs: list, params: dict[str, str], decoupled=False
+) -> str:
+    return (
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: 8\n'
+        + ("model_transaction_policy { decoupled: true }\ndynamic_batching { }\n" if decoupled else "")
+        + pbtxt_tensors("input", inputs)
+        + pbtxt_tensors("output", outputs)
+        + "".join(
+            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items()
+        )
+        + "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+    )
+
+
+def ensemble_config() -> str:
+    steps = []
+    for model, (inputs, outputs) in STEPS.items():
+        maps = [f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
+        maps += [f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
+        steps.append(f'{{ model_name: "{model}" model_version: -1 {" ".join(maps)} }}')
+    return (
+        'name: "ensemble"\nplatform: "ensemble"\nmax_batch_size: 8\n'
+        + pbtxt_tensors("input", ENS_INPUTS)
+        + pbtxt_tensors("output", ENS_OUTPUTS)
+        + f"ensemble_scheduling {{ step [ {', '.join(steps)} ] }}\n"
+    )
+
+
+def write_inflight_repository(repository: Path, model_dir: Path) -> None:
+    """ensemble + preprocessing + tensorrt_llm + postprocessing with steps/cpu_backend/models/*/1/model.py."""
+    configs = {
+        "preprocessing": python_model_config(
+            "preprocessing", PRE_INPUTS, PRE_OUTPUTS, {"tokenizer_dir": model_dir}
+        ),
+        "tensorrt_llm": python_model_config(
+            "tensorrt_llm",
+            LLM_INPUTS,
+            LLM_OUTPUTS,
+            {"gpt_model_path": model_dir, "exclude_input_in_output": "true"},
+            decoupled=True,
+        ),
+        "postprocessing": python_model_config(
+            "postprocessing", POST_INPUTS, POST_OUTPUTS, {"tokenizer_dir": model_dir}
+        ),
+        "ensemble": ensemble_config(),
+    }
+    for name, config in configs.items():
+        (repository / name / "1").mkdir(parents=True)
+        (repository / name / "config.pbtxt").write_text(config)
+        if name != "ensemble":
+            shutil.copyfile(MODELS_DIR / name / "1" / "model.py", repository / name / "1" / "model.py")
+
+
+@pytest.fixture(scope="module")
+def inflight_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    workdir = tmp_path_factory.mktemp("inflight")
+    write_inflight_repository(workdir / "repository", tiny_model)
+    server = start_triton(workdir / "repository", workdir)
+    yield server
+    server.stop()
+
+
+@pytest.mark.integration
+def test_inflight_layout_streams_tokens_through_all_four_models(
+    inflight_server: TritonProcess, llama: LlamaModel, codec: TextCodec
+) -> None:
+    fields = {"text_input": PROMPT, "max_tokens": 7}
+    tokens = expected_tokens(llama, codec, fields)
+    events = sse_events(inflight_server, {**fields, "stream": True})
+    # Upstream postprocessing decodes each streamed response on its own: one token per event.
+    assert [e["text_output"] for e in events] == [codec.decode([t]) for t in tokens]
+    assert generate_once(inflight_server, fields)["text_output"] == codec.decode(tokens)
+
+
+@pytest.mark.integration
+def test_inflight_layout_honours_end_id_and_stop_words(
+    inflight_server: TritonProcess, llama: LlamaModel, codec: TextCodec
+) -> None:
+    free = expected_tokens(llama, codec, {"text_input": PROMPT, "max_tokens": 8})
+    stopped = generate_once(
+        inflight_server, {"text_input": PROMPT, "max_tokens": 8, "stop_words": [codec.decode(free[1:2])]}
+    )
+    assert stopped["text_output"] == codec.decode(free[:2])
+    ended = generate_once(inflight_server, {"text_input": PROMPT, "max_tokens": 8, "end_id": free[0]})
+    assert ended["text_output"] == codec.decode(
+        expected_tokens(llama, codec, {"text_input": PROMPT, "max_tokens": 8, "end_id": free[0]})
+    )
+    samples = scrape(inflight_server)
+    assert gauge(samples, "nv_trt_llm_request_metrics", "request_type", "max") == 8
+    assert any(
+        'model="tensorrt_llm"' in key for key in samples if key.startswith("nv_trt_llm_request_metrics")
+    )
+
+
+@pytest.mark.integration
+def test_tensorrt_llm_model_speaks_token_ids_over_grpc(
+    inflight_server: TritonProcess, llama: LlamaModel, codec: TextCodec
+) -> None:
+    prompt = codec.encode(PROMPT)
+    tokens = list(generate(llama, prompt, GenerationParams(max_new_tokens=4, end_id=codec.eos_id)))
+    inputs = [
+        grpcclient.InferInput("input_ids", [1, len(prompt)], "INT32"),
+        grpcclient.InferInput("input_lengths", [1, 1], "INT32"),
+        grpcclient.InferInput("request_output_len", [1, 1], "INT32"),
+    ]
+    inputs[0].set_data_from_numpy(np.array([prompt], dtype=np.int32))
+    inputs[1].set_data_from_numpy(np.array([[len(prompt)]], dtype=np.int32))
+    inputs[2].set_data_from_numpy(np.array([[4]], dtype=np.int32))
+    results = stream_grpc(inflight_server, "tensorrt_llm", inputs)
+    assert len(results) == 1
+    assert results[0].as_numpy("output_ids").tolist() == [[tokens]]  # exclude_input_in_output=true
+    assert results[0].as_numpy("sequence_length").tolist() == [[len(tokens)]]

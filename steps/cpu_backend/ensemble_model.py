@@ -3,7 +3,8 @@
 text_input + max_tokens (+ stream, exclude_input_in_output, min_tokens/min_length, ignore_eos,
 bad_words, stop_words, end_id, pad_id) in, text_output out; one response per generated token when
 streaming, one response with the whole text otherwise. Tokenizer and numpy Llama run in-process.
-Config parameters: `engine_dir` (HF checkpoint directory) and `tokenizer_dir` (defaults to engine_dir).
+Config parameters: `engine_dir` or `gpt_model_path` (HF checkpoint directory) and `tokenizer_dir`
+(defaults to the checkpoint).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from steps.cpu_backend.textgen import IncrementalDecoder, TextCodec, TextRequest
 from steps.cpu_backend.triton_common import (
     FINAL,
     ConcurrentGenerator,
+    engine_dir,
     max_batch_size,
     model_parameters,
+    request_inputs,
     resolve_dir,
     run_in_thread,
     send_error,
@@ -40,12 +43,12 @@ class TritonPythonModel:
                 "the ensemble model must be decoupled (model_transaction_policy { decoupled: true })"
             )
         params = model_parameters(args)
-        engine_dir = resolve_dir(args, params.get("engine_dir", ""), "engine_dir")
-        tokenizer_dir = resolve_dir(args, params.get("tokenizer_dir") or str(engine_dir), "tokenizer_dir")
+        checkpoint = engine_dir(args, params)
+        tokenizer_dir = resolve_dir(args, params.get("tokenizer_dir") or str(checkpoint), "tokenizer_dir")
         self.codec = TextCodec(tokenizer_dir)
         self.batched = max_batch_size(args) > 0
         self.generator = ConcurrentGenerator(
-            LlamaModel.load(engine_dir),
+            LlamaModel.load(checkpoint),
             max_active=max(1, max_batch_size(args)),
             model_name=args["model_name"],
             version=args["model_version"],
@@ -63,12 +66,8 @@ class TritonPythonModel:
         return None
 
     def _inputs(self, request) -> dict[str, np.ndarray]:
-        found = {}
-        for name, *_ in ENSEMBLE_INPUTS:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is not None:
-                found[ALIASES.get(name, name)] = tensor.as_numpy()
-        return found
+        found = request_inputs(request, (name for name, *_ in ENSEMBLE_INPUTS))
+        return {ALIASES.get(name, name): value for name, value in found.items()}
 
     def _text(self, text: str) -> pb_utils.InferenceResponse:
         shape = (1, 1) if self.batched else (1,)

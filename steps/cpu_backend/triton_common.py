@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
@@ -40,6 +40,39 @@ def resolve_dir(args: dict, value: str, parameter: str) -> Path:
     if not path.is_dir():
         raise ValueError(f"config parameter {parameter}={value} is not a directory")
     return path
+
+
+def engine_dir(args: dict, params: dict[str, str]) -> Path:
+    """The HF checkpoint to run: parameter `engine_dir` or upstream's `gpt_model_path`.
+
+    The directory may be the checkpoint itself or hold it under `checkpoint/` (a build step's output).
+    """
+    key = "engine_dir" if params.get("engine_dir") else "gpt_model_path"
+    path = resolve_dir(args, params.get(key, ""), key)
+    if not (path / "config.json").is_file() and (path / "checkpoint" / "config.json").is_file():
+        return path / "checkpoint"
+    return path
+
+
+def request_inputs(request, names: Iterable[str]) -> dict:
+    """The named input tensors present in a request, as numpy arrays."""
+    found = {}
+    for name in names:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is not None:
+            found[name] = tensor.as_numpy()
+    return found
+
+
+def output_names(args: dict) -> set[str]:
+    """Outputs declared in config.pbtxt: a model returns only those (configs may list a subset)."""
+    return {output["name"] for output in json.loads(args["model_config"]).get("output", [])}
+
+
+def tensors_response(values: dict, declared: set[str]) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse(
+        output_tensors=[pb_utils.Tensor(name, value) for name, value in values.items() if name in declared]
+    )
 
 
 def send_error(sender, message: str) -> None:
