@@ -257,8 +257,8 @@ def check_engine_config(spec: Spec, engine_dir: Path) -> dict:
     if wrong:
         raise BuildError(
             f"{engine_dir}/config.json does not match the serving plan: {', '.join(wrong)}; "
-            "Triton would fail to load it (e.g. 'GPU number is incompatible with N gpusPerNode'); fix the spec or rebuild, "
-            "never edit config.json by hand"
+            "Triton would fail to load it (e.g. 'GPU number is incompatible with N gpusPerNode'); "
+            "fix the spec or rebuild, never edit config.json by hand"
         )
     ranks = sorted(engine_dir.glob("rank*.engine"))
     if len(ranks) != spec.world_size:
