@@ -9,72 +9,48 @@ Config parameters: `engine_dir` or `gpt_model_path` (HF checkpoint directory) an
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from steps.cpu_backend.llama import LlamaModel
 from steps.cpu_backend.repository import ENSEMBLE_INPUTS
 from steps.cpu_backend.textgen import IncrementalDecoder, TextCodec, TextRequest, parse_text_request
 from steps.cpu_backend.triton_common import (
     FINAL,
-    ConcurrentGenerator,
+    DecoupledGenerationModel,
     engine_dir,
     max_batch_size,
     model_parameters,
     request_inputs,
     resolve_dir,
-    run_in_thread,
-    send_error,
 )
 
 # min_length is v0.12's name for what later releases (and our contract) call min_tokens.
 ALIASES = {"min_length": "min_tokens"}
 
 
-class TritonPythonModel:
+class TritonPythonModel(DecoupledGenerationModel):
     """Decoupled text-generation model: a thread per request, at most max_batch_size decoding at once."""
 
     def initialize(self, args: dict) -> None:
-        config = json.loads(args["model_config"])
-        if not pb_utils.using_decoupled_model_transaction_policy(config):
-            raise ValueError(
-                "the ensemble model must be decoupled (model_transaction_policy { decoupled: true })"
-            )
         params = model_parameters(args)
         checkpoint = engine_dir(args, params)
         tokenizer_dir = resolve_dir(args, params.get("tokenizer_dir") or str(checkpoint), "tokenizer_dir")
         self.codec = TextCodec(tokenizer_dir)
         self.batched = max_batch_size(args) > 0
-        self.generator = ConcurrentGenerator(
-            LlamaModel.load(checkpoint),
-            max_active=max(1, max_batch_size(args)),
-            model_name=args["model_name"],
-            version=args["model_version"],
-        )
+        self.load_generator(args, checkpoint)
 
-    def execute(self, requests: list) -> None:
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                parsed = parse_text_request(self._inputs(request), self.codec)
-            except Exception as exc:
-                send_error(sender, f"invalid request: {exc}")
-                continue
-            run_in_thread(lambda parsed=parsed, sender=sender: self._serve(parsed, sender), sender)
-        return None
-
-    def _inputs(self, request) -> dict[str, np.ndarray]:
+    def parse(self, request) -> TextRequest:
         found = request_inputs(request, (name for name, *_ in ENSEMBLE_INPUTS))
-        return {ALIASES.get(name, name): value for name, value in found.items()}
+        return parse_text_request(
+            {ALIASES.get(name, name): value for name, value in found.items()}, self.codec
+        )
 
     def _text(self, text: str) -> pb_utils.InferenceResponse:
         shape = (1, 1) if self.batched else (1,)
         data = np.array([text.encode("utf-8")], dtype=np.object_).reshape(shape)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("text_output", data)])
 
-    def _serve(self, request: TextRequest, sender) -> None:
+    def serve(self, request: TextRequest, sender) -> None:
         tokens = self.generator.tokens(request.prompt_ids, request.params, sender)
         if request.stream:
             decoder = IncrementalDecoder(self.codec)
@@ -87,6 +63,3 @@ class TritonPythonModel:
         generated = list(tokens)
         ids = generated if request.exclude_input else request.prompt_ids + generated
         sender.send(self._text(self.codec.decode(ids)), flags=FINAL)
-
-    def finalize(self) -> None:
-        pb_utils.Logger.log_info("ensemble (CPU) model unloaded")

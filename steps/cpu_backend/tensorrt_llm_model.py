@@ -11,22 +11,14 @@ backend's nv_trt_llm_* gauges. Parameters: `engine_dir` or `gpt_model_path` (HF 
 
 from __future__ import annotations
 
-import json
-
-import triton_python_backend_utils as pb_utils
-
 from steps.cpu_backend.inflight import TokenRequest, output_tensors, parse_token_request
-from steps.cpu_backend.llama import LlamaModel
 from steps.cpu_backend.triton_common import (
     FINAL,
-    ConcurrentGenerator,
+    DecoupledGenerationModel,
     engine_dir,
-    max_batch_size,
     model_parameters,
     output_names,
     request_inputs,
-    run_in_thread,
-    send_error,
     tensors_response,
 )
 
@@ -45,44 +37,24 @@ INPUTS = (
 )
 
 
-class TritonPythonModel:
+class TritonPythonModel(DecoupledGenerationModel):
     """Token ids in, token ids out, a thread per request, at most max_batch_size sequences decoding."""
 
     def initialize(self, args: dict) -> None:
-        config = json.loads(args["model_config"])
-        if not pb_utils.using_decoupled_model_transaction_policy(config):
-            raise ValueError(
-                "tensorrt_llm (CPU) must be decoupled (model_transaction_policy { decoupled: true })"
-            )
         params = model_parameters(args)
-        model = LlamaModel.load(engine_dir(args, params))
-        eos = model.config.eos_token_ids
+        eos = self.load_generator(args, engine_dir(args, params)).config.eos_token_ids
         self.default_end_id = eos[0] if eos else None
         self.exclude_input_default = params.get("exclude_input_in_output", "false").lower() == "true"
         self.declared = output_names(args)
-        self.generator = ConcurrentGenerator(
-            model,
-            max_active=max(1, max_batch_size(args)),
-            model_name=args["model_name"],
-            version=args["model_version"],
+
+    def parse(self, request) -> TokenRequest:
+        return parse_token_request(
+            request_inputs(request, INPUTS),
+            default_end_id=self.default_end_id,
+            exclude_input_default=self.exclude_input_default,
         )
 
-    def execute(self, requests: list) -> None:
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                parsed = parse_token_request(
-                    request_inputs(request, INPUTS),
-                    default_end_id=self.default_end_id,
-                    exclude_input_default=self.exclude_input_default,
-                )
-            except Exception as exc:
-                send_error(sender, f"invalid request: {exc}")
-                continue
-            run_in_thread(lambda parsed=parsed, sender=sender: self._serve(parsed, sender), sender)
-        return None
-
-    def _serve(self, request: TokenRequest, sender) -> None:
+    def serve(self, request: TokenRequest, sender) -> None:
         tokens = self.generator.tokens(request.prompt_ids, request.params, sender)
         if request.streaming:
             for token in tokens:

@@ -168,3 +168,47 @@ class ConcurrentGenerator:
                     self.stats.context(-1)
                 self.stats.set_length(request_id, None)
                 self.gauges.publish()
+
+
+class DecoupledGenerationModel:
+    """Base of the generating models: request parsing on Triton's thread, generation on a thread each.
+
+    Subclasses call `load_generator` in initialize() and implement `parse` and `serve`.
+    """
+
+    generator: ConcurrentGenerator
+
+    def load_generator(self, args: dict, checkpoint: Path) -> LlamaModel:
+        """Check the model is decoupled, load the checkpoint, and size the generator by max_batch_size."""
+        if not pb_utils.using_decoupled_model_transaction_policy(json.loads(args["model_config"])):
+            raise ValueError(
+                f"model {args['model_name']} must be decoupled: "
+                "add model_transaction_policy { decoupled: true } to its config.pbtxt"
+            )
+        model = LlamaModel.load(checkpoint)
+        self.generator = ConcurrentGenerator(
+            model,
+            max_active=max(1, max_batch_size(args)),
+            model_name=args["model_name"],
+            version=args["model_version"],
+        )
+        return model
+
+    def parse(self, request):
+        """The request's inputs, validated (raise to reject it with the exception's message)."""
+        raise NotImplementedError
+
+    def serve(self, parsed, sender) -> None:
+        """Generate and send every response of one request, the last one flagged FINAL."""
+        raise NotImplementedError
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                parsed = self.parse(request)
+            except Exception as exc:
+                send_error(sender, f"invalid request: {exc}")
+                continue
+            run_in_thread(lambda parsed=parsed, sender=sender: self.serve(parsed, sender), sender)
+        return None
