@@ -182,6 +182,11 @@ class ClusterSpec(Strict):
     s3: S3Location | None = None
     service_account: str = Field(default="megapod-pipeline", pattern=DNS_LABEL)
     gpu_pool: str = Field(default="gpu", pattern=DNS_LABEL, description="mutex name for the GPU pool")
+    prometheus_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        description="in-cluster Prometheus for server metrics, e.g. http://prometheus-operated.monitoring:9090",
+    )
 
 
 # --- serving -------------------------------------------------------------------------------------
@@ -326,6 +331,19 @@ class BenchmarkSpec(Strict):
     streaming: bool = True
     point_timeout_s: Seconds = 1800
     random_seed: int = 123
+    schedules: list[str] = Field(
+        default_factory=lambda: ["0 3 * * *"],
+        min_length=1,
+        description="cron schedules (UTC) of the nightly benchmark",
+    )
+
+    @field_validator("schedules")
+    @classmethod
+    def _cron_expressions(cls, schedules: list[str]) -> list[str]:
+        for schedule in schedules:
+            if len(schedule.split()) != 5:
+                raise ValueError(f"{schedule!r} is not a 5-field cron expression such as '0 3 * * *'")
+        return schedules
 
 
 class RegressionThresholds(Strict):

@@ -14,8 +14,6 @@ from workflows.argo.pipeline import stage_task
 from workflows.argo.stages import leader_endpoint, tokenizer_dir
 from workflows.spec import Spec
 
-# Until the spec carries a schedule: 03:00 UTC, when interactive load is lowest.
-SCHEDULES = ["0 3 * * *"]
 TIMEZONE = "UTC"
 STARTING_DEADLINE_S = 3600  # a run missed by more than an hour (controller down) is skipped
 HISTORY_LIMIT = 7
@@ -26,7 +24,7 @@ def nightly_benchmark(spec: Spec) -> CronWorkflow:
     url, tokenizer = "url", "tokenizer"
     with (
         CronWorkflow(
-            schedules=SCHEDULES,
+            schedules=spec.benchmark.schedules,
             timezone=TIMEZONE,
             concurrency_policy="Forbid",
             starting_deadline_seconds=STARTING_DEADLINE_S,

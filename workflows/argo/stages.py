@@ -99,6 +99,11 @@ class Stage:
         )
 
 
+def _prometheus_args(spec: Spec) -> list[str]:
+    """`--prometheus URL` for steps that snapshot server metrics, when the spec names a Prometheus."""
+    return ["--prometheus", spec.cluster.prometheus_url] if spec.cluster.prometheus_url else []
+
+
 def _p(name: str) -> str:
     return c.task_parameter(name)
 
@@ -283,7 +288,7 @@ def autoscale_test(spec: Spec) -> Stage:
         description=f"Load stages ({stages} concurrent) for {spec.loadtest.duration_s} s; "
         f"expect {expect.groups_serving or '-'} groups within {expect.within_s or '-'} s.",
         module="steps.autoscale",
-        args=["--spec", c.SPEC_PATH, "--url", _p("url"), "--out", _p("out")],
+        args=["--spec", c.SPEC_PATH, "--url", _p("url"), "--out", _p("out"), *_prometheus_args(spec)],
         inputs=[
             Input(
                 "url", "HTTP host:port of the leader Service (deploy's `endpoint`).", leader_endpoint(spec)
@@ -305,7 +310,10 @@ def benchmark(spec: Spec) -> Stage:
         description=f"{bench.tool}: concurrency {bench.concurrency} x ISL/OSL "
         f"{[f'{s.isl}/{s.osl}' for s in bench.sequences]}, {bench.request_count} requests per point.",
         module="steps.benchmark",
-        args=["--spec", c.SPEC_PATH, "--url", _p("url"), "--tokenizer", _p("tokenizer"), "--out", _p("out")],
+        args=[
+            *["--spec", c.SPEC_PATH, "--url", _p("url"), "--tokenizer", _p("tokenizer"), "--out", _p("out")],
+            *_prometheus_args(spec),
+        ],
         inputs=[
             Input("url", "host:port of the leader Service (deploy's `endpoint`).", leader_endpoint(spec)),
             Input("tokenizer", "Tokenizer directory (the checkpoint).", tokenizer_dir(spec)),
