@@ -459,7 +459,7 @@ class Executor:
         if outcome.killed_because:
             raise NodeFailure(FAILED, outcome.killed_because)
         if outcome.exit_code != 0:
-            raise NodeFailure(FAILED, f"exit code {outcome.exit_code} (log: {node.log})")
+            raise NodeFailure(FAILED, f"exit code {outcome.exit_code}")
 
     def _pod_name(self, key: str, attempt: int) -> str:
         return f"{self.run_id}-{key.replace('.', '-')}-{attempt}"

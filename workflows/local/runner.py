@@ -18,9 +18,9 @@ import yaml
 from rich.console import Console
 
 from workflows.local.documents import Documents, load_documents
-from workflows.local.engine import EXIT_KEY, Executor, LocalEnvironment
+from workflows.local.engine import Executor, LocalEnvironment
 from workflows.local.errors import LocalRunError, UnsupportedFeature
-from workflows.local.expressions import SUCCEEDED
+from workflows.local.expressions import ERROR, FAILED, SUCCEEDED
 from workflows.local.nodes import read_status
 from workflows.local.view import NodeView, format_duration
 
@@ -30,6 +30,7 @@ SECRETS_ENV = "MEGAPOD_SECRETS"
 DEFAULT_SECRETS = Path("~/.config/megapod/secrets.yaml")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+LOG_TAIL_LINES = 8
 
 
 def run_local(spec_path: Path, *, resume: str | None, runs_dir: Path) -> int:
@@ -160,7 +161,7 @@ def execute(
 
 
 def summarize(executor: Executor, console: Console) -> None:
-    """The final lines: phase, duration, where logs of failed tasks and the report are."""
+    """The final lines: phase, duration, the end of failed tasks' logs, where artifacts are."""
     status = executor.status()
     color = "green" if executor.phase == SUCCEEDED else "red"
     console.print(
@@ -169,8 +170,15 @@ def summarize(executor: Executor, console: Console) -> None:
         highlight=False,
     )
     for node in executor.nodes.values():
-        if node.phase not in (SUCCEEDED, "Skipped", "Omitted") and node.log:
-            console.print(f"  {node.key}: {node.message} -> {executor.run_dir / node.log}", highlight=False)
+        if node.phase in (FAILED, ERROR):
+            console.print(f"[red]{node.key}[/red]: {node.message}", highlight=False, soft_wrap=True)
+            if node.log:
+                log = executor.run_dir / node.log
+                for line in log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]:
+                    console.print(f"  | {line}", highlight=False, markup=False, soft_wrap=True)
+                console.print(f"  log: {log}", highlight=False, soft_wrap=True)
         for name, path in node.artifacts.items():
-            if not node.key.startswith(EXIT_KEY):
-                console.print(f"  artifact {node.key}/{name}: {executor.run_dir / path}", highlight=False)
+            artifact = executor.run_dir / path
+            pages = sorted(artifact.glob("*.html")) if artifact.is_dir() else []
+            shown = pages[0] if pages else artifact
+            console.print(f"artifact {node.key}/{name}: {shown}", highlight=False, soft_wrap=True)

@@ -1,19 +1,121 @@
-"""What stands in for the cloud during `megapod run --local`."""
+"""What stands in for the cloud during `megapod run --local`, started before the DAG, stopped after.
+
+- S3: for an `s3://` model source, a real moto server on 127.0.0.1 (AWS_ENDPOINT_URL and dummy
+  credentials go to every task); when the source prefix is empty it is seeded with the tiny
+  Llama of `steps.tinymodel`, which stands in for the checkpoint.
+- The pipeline image: this interpreter's environment (see runner.default_environment).
+
+Every stand-in is announced on the console and recorded in the run folder (`standins.json`),
+so nobody mistakes a local run for a cluster run.
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from workflows.local.engine import LocalEnvironment
+from workflows.local.errors import LocalRunError
 from workflows.local.runner import default_environment
+
+LOOPBACK = "127.0.0.1"
+DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "megapod-local", "AWS_SECRET_ACCESS_KEY": "megapod-local",
+             "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def background_server(argv: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen]:
+    """Start a server process, wait until ready_url answers, stop it (by its pid) on exit."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise LocalRunError(f"{argv[0]} exited with {process.returncode} while starting (log: {log})")
+            try:
+                urllib.request.urlopen(ready_url, timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise LocalRunError(
+                        f"{argv[0]} did not answer {ready_url} in {START_TIMEOUT_S:g}s"
+                    ) from None
+                time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def seed_s3(endpoint: str, bucket: str, prefix: str, run_dir: Path) -> bool:
+    """Create the bucket; upload the tiny model under prefix unless something is there. True if seeded."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=DUMMY_AWS["AWS_DEFAULT_REGION"],
+                      aws_access_key_id=DUMMY_AWS["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=DUMMY_AWS["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+    s3.create_bucket(Bucket=bucket)
+    if s3.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/", MaxKeys=1).get("KeyCount"):
+        return False
+    from steps.tinymodel import make_tiny_llama
+
+    model = run_dir / "standins" / "tiny-llama"
+    if not model.exists():
+        make_tiny_llama(model)
+    for path in sorted(p for p in model.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(model).as_posix()}")
+    return True
 
 
 @contextmanager
 def cloud_stand_ins(spec: Any, run_dir: Path, console: Console) -> Iterator[LocalEnvironment]:
-    """The local environment for the spec's pipeline (servers started here stop on exit)."""
-    yield default_environment(spec.images.pipeline)
+    """The local environment for the spec's pipeline; servers started here stop on exit."""
+    environment = default_environment(spec.images.pipeline)
+    record: dict[str, Any] = {"pipeline_image": f"{spec.images.pipeline} -> {sys.executable}"}
+    source = spec.model.source_parts
+    with ExitStack() as stack:
+        if "bucket" in source:
+            port = free_port()
+            endpoint = f"http://{LOOPBACK}:{port}"
+            moto = [str(Path(sys.executable).with_name("moto_server")), "-H", LOOPBACK, "-p", str(port)]
+            stack.enter_context(
+                background_server(moto, f"{endpoint}/moto-api/", run_dir / "standins" / "moto.log")
+            )
+            seeded = seed_s3(endpoint, source["bucket"], source["prefix"], run_dir)
+            environment.env.update(DUMMY_AWS, AWS_ENDPOINT_URL=endpoint)
+            what = "seeded with the tiny Llama of steps.tinymodel" if seeded else "already holds the model"
+            record["s3"] = f"moto at {endpoint}; {spec.model.source} {what}"
+        elif "hf_repo" in source:
+            raise LocalRunError(
+                f"model.source {spec.model.source}: local runs have no Hugging Face Hub; use an s3:// "
+                "source (a local S3 is started) or an absolute path"
+            )
+        for name, what in record.items():
+            console.print(f"stand-in {name}: {what}", highlight=False, soft_wrap=True)
+        (run_dir / "standins.json").write_text(json.dumps(record, indent=2) + "\n")
+        yield environment
