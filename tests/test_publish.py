@@ -1,0 +1,236 @@
+"""steps.publish: the inflight-batcher repository, parsed with Triton's ModelConfig protobuf, published
+atomically to a directory and to a real moto S3 server behind a fault proxy. The model.py files
+are small stand-ins for the serving image's templates."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from steps import publish as p
+from steps.manifest import read_manifest
+from tests.support import moto as moto_support
+from tests.support.faultproxy import FaultProxy
+from workflows.spec import load_spec, parse_spec
+
+moto_s3 = moto_support.moto_s3  # the shared session fixture, until conftest registers it
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_405B = ROOT / "workflows" / "examples" / "llama-3.1-405b-p5.yaml"
+
+
+@pytest.fixture()
+def templates(tmp_path: Path) -> Path:
+    """Stand-ins for the image's all_models/inflight_batcher_llm model.py files."""
+    root = tmp_path / "templates"
+    for model in ("preprocessing", "postprocessing", "tensorrt_llm"):
+        (root / model / "1").mkdir(parents=True)
+        (root / model / "1" / "model.py").write_text(f"# stand-in for {model}/1/model.py\n")
+    return root
+
+
+def parsed(repo: Path, model: str) -> mc.ModelConfig:
+    """config.pbtxt parsed with Triton's protobuf."""
+    return text_format.Parse((repo / model / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def params(config: mc.ModelConfig) -> dict[str, str]:
+    """parameters as a plain dict."""
+    return {k: v.string_value for k, v in config.parameters.items()}
+
+
+def test_reference_repository_has_upstream_names_and_reference_parameters(templates, tmp_path):
+    spec = load_spec(REFERENCE_405B)
+    engines, tokenizer = tmp_path / "engines", tmp_path / "tok"
+    repo = p.render_repository(spec, engines, tokenizer, templates, tmp_path / "repo")
+    assert sorted(x.name for x in repo.iterdir()) == sorted(p.MODELS)
+    trt = parsed(repo, "tensorrt_llm")
+    assert trt.backend == "tensorrtllm" and trt.max_batch_size == spec.build.max_batch_size == 8
+    assert trt.model_transaction_policy.decoupled and trt.dynamic_batching.max_queue_delay_microseconds == 0
+    assert (
+        params(trt) | {} == params(trt)
+        and {
+            "max_beam_width": "1",
+            "gpt_model_path": str(engines),
+            "enable_kv_cache_reuse": "false",
+            "kv_cache_free_gpu_mem_fraction": str(spec.build.kv_cache_free_gpu_mem_fraction),
+            "exclude_input_in_output": "true",
+            "enable_chunked_context": "false",
+            "gpt_model_type": "inflight_fused_batching",
+        }.items()
+        <= params(trt).items()
+    )
+    assert {"input_ids", "input_lengths", "request_output_len", "streaming", "end_id"} <= {
+        t.name for t in trt.input
+    }
+    for model in ("preprocessing", "postprocessing"):
+        config = parsed(repo, model)
+        assert config.backend == "python" and config.max_batch_size == 8
+        assert (
+            params(config)["tokenizer_dir"] == str(tokenizer) and params(config)["tokenizer_type"] == "llama"
+        )
+        assert config.instance_group[0].count == 1
+        assert (repo / model / "1" / "model.py").read_text().startswith("# stand-in")
+    ensemble = parsed(repo, "ensemble")
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 8
+    names = {t.name for t in ensemble.input}
+    assert {
+        "text_input",
+        "max_tokens",
+        "stream",
+        "exclude_input_in_output",
+        "min_tokens",
+        "ignore_eos",
+    } <= names
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+        "preprocessing",
+        "tensorrt_llm",
+        "postprocessing",
+    ]
+    assert ensemble.output[0].name == "text_output"
+
+
+def test_spec_values_flow_into_the_configs(templates, tmp_path):
+    data = yaml.safe_load(REFERENCE_405B.read_text())
+    data["build"].update(
+        max_batch_size=16,
+        enable_kv_cache_reuse=True,
+        enable_chunked_context=True,
+        kv_cache_free_gpu_mem_fraction=0.85,
+    )
+    repo = p.render_repository(parse_spec(data), tmp_path / "e", tmp_path / "t", templates, tmp_path / "r")
+    trt = parsed(repo, "tensorrt_llm")
+    assert trt.max_batch_size == 16 and list(trt.dynamic_batching.preferred_batch_size) == [16]
+    assert params(trt)["enable_kv_cache_reuse"] == "true" and params(trt)["enable_chunked_context"] == "true"
+    assert params(trt)["kv_cache_free_gpu_mem_fraction"] == "0.85"
+    assert all(parsed(repo, m).max_batch_size == 16 for m in p.MODELS)
+
+
+def test_cpu_python_uses_the_python_backend(templates, tmp_path):
+    spec = parse_spec(
+        {
+            "name": "tiny",
+            "model": {"source": "/models/tiny", "parameters_billion": 0.001},
+            "backend": "cpu-python",
+            "build": {"tp": 1},
+            "cluster": {"gpus_per_node": 1},
+        }
+    )
+    repo = p.render_repository(spec, tmp_path / "e", tmp_path / "t", templates, tmp_path / "r")
+    assert parsed(repo, "tensorrt_llm").backend == "python"
+    assert (repo / "tensorrt_llm" / "1" / "model.py").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda r: (r / "tensorrt_llm" / "config.pbtxt").write_text(
+                'name: "tensorrt_llm"\nbackend: tensorrtllm'
+            ),
+            "not a valid Triton ModelConfig",
+        ),
+        (
+            lambda r: (r / "ensemble" / "config.pbtxt").write_text(
+                (r / "ensemble" / "config.pbtxt").read_text().replace('key: "QUERY"', 'key: "QUERIES"')
+            ),
+            "input_map QUERIES=text_input",
+        ),
+        (
+            lambda r: (r / "postprocessing" / "config.pbtxt").write_text(
+                (r / "postprocessing" / "config.pbtxt")
+                .read_text()
+                .replace('name: "postprocessing"', 'name: "post"')
+            ),
+            "differs from its directory",
+        ),
+    ],
+)
+def test_a_bad_config_fails_validation(templates, tmp_path, damage, message):
+    repo = p.render_repository(
+        load_spec(REFERENCE_405B), tmp_path / "e", tmp_path / "t", templates, tmp_path / "r"
+    )
+    damage(repo)
+    with pytest.raises(p.PublishError, match=message):
+        p.validate_repository(repo)
+
+
+def test_directory_publish_is_atomic_and_idempotent(templates, tmp_path, capsys):
+    spec_path, engines, tok = str(REFERENCE_405B), tmp_path / "engines", tmp_path / "tok"
+    engines.mkdir()
+    tok.mkdir()
+    dest, outputs = tmp_path / "vol" / "repos" / "llama-405b", tmp_path / "o"
+    argv = [
+        "--spec",
+        spec_path,
+        "--engines",
+        str(engines),
+        "--tokenizer",
+        str(tok),
+        "--dest",
+        str(dest),
+        "--templates",
+        str(templates),
+        "--outputs",
+        str(outputs),
+    ]
+    assert p.main(argv) == 0
+    assert (outputs / "repository").read_text() == str(dest)
+    manifest = read_manifest(dest)
+    assert manifest is not None and {f.path for f in manifest.files} >= {
+        f"{m}/config.pbtxt" for m in p.MODELS
+    }
+    assert p.main(argv) == 0 and "already holds this repository" in capsys.readouterr().err
+    assert sorted(x.name for x in dest.parent.iterdir()) == ["llama-405b"]  # no staging or old dirs left
+
+
+def test_missing_templates_fail_cleanly(tmp_path, capsys):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "t").mkdir()
+    dest = tmp_path / "vol" / "repo"
+    dest.parent.mkdir()
+    code = p.main(
+        [
+            "--spec",
+            str(REFERENCE_405B),
+            "--engines",
+            str(tmp_path / "e"),
+            "--tokenizer",
+            str(tmp_path / "t"),
+            "--dest",
+            str(dest),
+            "--templates",
+            str(tmp_path / "none"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "missing" in err and "--templates" in err and len(err.strip().splitlines()) == 1
+    assert list(dest.parent.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_s3_publish_survives_5xx_and_is_exact(moto_s3, templates, tmp_path, monkeypatch):
+    """Real moto S3 behind a proxy answering 503/500 to every 3rd request: nothing lost or duplicated."""
+    bucket = moto_s3.new_bucket()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "t").mkdir()
+    spec = load_spec(REFERENCE_405B)
+    with FaultProxy(moto_s3.endpoint_url, fail_every=3) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        result = p.publish(spec, tmp_path / "e", tmp_path / "t", f"s3://{bucket}/repos/llama", templates)
+    assert proxy.failed > 0
+    client = moto_s3.client()
+    root = result.repository.removeprefix(f"s3://{bucket}/")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"{root}/")["Contents"]]
+    expected = {f.path for f in result.manifest.files} | {".megapod/manifest.json"}
+    assert sorted(k[len(root) + 1 :] for k in keys) == sorted(expected)
+    for entry in result.manifest.files:
+        body = client.get_object(Bucket=bucket, Key=f"{root}/{entry.path}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == entry.sha256
+    pointer = yaml.safe_load(client.get_object(Bucket=bucket, Key="repos/llama/current.json")["Body"].read())
+    assert pointer["repository"] == result.repository
