@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from safetensors.numpy import load_file, save_file
 
+from steps.build import CPU_POINTER
 from steps.cpu_backend.inflight import decode_tokens_batch, word_list_tensor, word_lists_from_tensor
 from steps.cpu_backend.llama import GenerationParams, LlamaModel, generate
 from steps.cpu_backend.repository import MODELS_DIR
@@ -109,8 +111,14 @@ def test_rejects_requests_beyond_the_context_window(llama: LlamaModel) -> None:
         next(generate(llama, [1, 2, 3], GenerationParams(max_new_tokens=limit)))
 
 
+def test_load_follows_the_build_steps_cpu_pointer(tiny_model: Path, tmp_path: Path) -> None:
+    (tmp_path / CPU_POINTER).write_text(json.dumps({"checkpoint": str(tiny_model), "backend": "cpu-python"}))
+    assert LlamaModel.load(tmp_path).config.vocab_size == LlamaModel.load(tiny_model).config.vocab_size
+    with pytest.raises(FileNotFoundError, match="neither a HF checkpoint"):
+        LlamaModel.load(tmp_path / "elsewhere")
+
+
 def test_load_names_a_missing_tensor(tiny_model: Path, tmp_path: Path) -> None:
-    from safetensors.numpy import load_file, save_file
 
     weights = load_file(str(tiny_model / "model.safetensors"))
     del weights["model.layers.1.mlp.up_proj.weight"]
@@ -477,7 +485,7 @@ def ensemble_config() -> str:
     )
 
 
-def write_inflight_repository(repository: Path, model_dir: Path) -> None:
+def write_inflight_repository(repository: Path, model_dir: Path, engine_dir: Path) -> None:
     """ensemble + preprocessing + tensorrt_llm + postprocessing with steps/cpu_backend/models/*/1/model.py."""
     configs = {
         "preprocessing": python_model_config(
@@ -487,7 +495,7 @@ def write_inflight_repository(repository: Path, model_dir: Path) -> None:
             "tensorrt_llm",
             LLM_INPUTS,
             LLM_OUTPUTS,
-            {"gpt_model_path": model_dir, "exclude_input_in_output": "true"},
+            {"gpt_model_path": engine_dir, "exclude_input_in_output": "true"},
             decoupled=True,
         ),
         "postprocessing": python_model_config(
@@ -505,7 +513,10 @@ def write_inflight_repository(repository: Path, model_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def inflight_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
     workdir = tmp_path_factory.mktemp("inflight")
-    write_inflight_repository(workdir / "repository", tiny_model)
+    # tensorrt_llm gets what steps.build writes for cpu-python: a directory with a checkpoint pointer.
+    (workdir / "engine").mkdir()
+    (workdir / "engine" / CPU_POINTER).write_text(json.dumps({"checkpoint": str(tiny_model)}))
+    write_inflight_repository(workdir / "repository", tiny_model, workdir / "engine")
     server = start_triton(workdir / "repository", workdir)
     yield server
     server.stop()

@@ -88,6 +88,20 @@ def rotate_half(x: np.ndarray) -> np.ndarray:
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
+def checkpoint_dir(path: Path | str) -> Path:
+    """The HF checkpoint a directory stands for: itself, or the one steps.build's cpu-python pointer names."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    # Imported here: steps.build pulls in the spec model, which plain checkpoints do not need.
+    from steps.build import CPU_POINTER
+
+    pointer = path / CPU_POINTER
+    if pointer.is_file():
+        return Path(json.loads(pointer.read_text())["checkpoint"])
+    raise FileNotFoundError(f"{path} holds neither a HF checkpoint (config.json) nor a {CPU_POINTER} pointer")
+
+
 class LlamaModel:
     """Weights of one Llama checkpoint plus the forward pass for a single sequence."""
 
@@ -100,8 +114,8 @@ class LlamaModel:
 
     @classmethod
     def load(cls, model_dir: Path | str) -> LlamaModel:
-        """Load config.json and every *.safetensors shard of a HF Llama checkpoint directory."""
-        model_dir = Path(model_dir)
+        """Load config.json and every *.safetensors shard of a HF Llama checkpoint (or a build pointer)."""
+        model_dir = checkpoint_dir(model_dir)
         config = LlamaConfig.from_dict(json.loads((model_dir / "config.json").read_text()))
         shards = sorted(model_dir.glob("*.safetensors"))
         if not shards:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from steps.cpu_backend.llama import GenerationParams, LlamaModel, check_fits, generate
+from steps.cpu_backend.llama import GenerationParams, LlamaModel, check_fits, checkpoint_dir, generate
 from steps.cpu_backend.textgen import SchedulerStats
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -45,13 +45,10 @@ def resolve_dir(args: dict, value: str, parameter: str) -> Path:
 def engine_dir(args: dict, params: dict[str, str]) -> Path:
     """The HF checkpoint to run: parameter `engine_dir` or upstream's `gpt_model_path`.
 
-    The directory may be the checkpoint itself or hold it under `checkpoint/` (a build step's output).
+    The directory may be the checkpoint itself or steps.build's cpu-python output (a pointer file).
     """
     key = "engine_dir" if params.get("engine_dir") else "gpt_model_path"
-    path = resolve_dir(args, params.get(key, ""), key)
-    if not (path / "config.json").is_file() and (path / "checkpoint" / "config.json").is_file():
-        return path / "checkpoint"
-    return path
+    return checkpoint_dir(resolve_dir(args, params.get(key, ""), key))
 
 
 def request_inputs(request, names: Iterable[str]) -> dict:
