@@ -634,7 +634,11 @@ def normalized_render(values: dict[str, Any]) -> str:
     return re.sub(r"ecdsa-sha2-nistp256 [A-Za-z0-9+/=]+", "ecdsa-sha2-nistp256 <generated public key>", text)
 
 
-@pytest.mark.parametrize("spec_path", EXAMPLES, ids=lambda p: p.stem)
+# The reference deployment, and a one-pod group behind a ClusterIP.
+GOLDEN_SPECS = [REFERENCE_SPEC, REFERENCE_SPEC.with_name("llama-3.1-8b-1node.yaml")]
+
+
+@pytest.mark.parametrize("spec_path", GOLDEN_SPECS, ids=lambda p: p.stem)
 def test_golden_render(spec_path: Path) -> None:
     rendered = normalized_render(chart_values(load_spec(spec_path)))
     golden = GOLDEN_DIR / f"{spec_path.stem}.yaml"
