@@ -1,0 +1,224 @@
+"""The autoscale-test stage: load generator and Prometheus sampler against real servers
+(tritonserver, Prometheus with the chart's recording rules), and the Kubernetes side against the
+API stand-in in tests/support/kube.py (no kube-apiserver can run here) driven by a scripted scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from steps.autoscale.__main__ import kube_client, run
+from steps.autoscale.__main__ import main as autoscale_main
+from steps.autoscale.loadgen import LoadGenerator, LoadPlan, run_load
+from steps.autoscale.samplers import KubeWatcher, PrometheusSampler
+from tests.support import kube
+from tests.support.prometheus import ScrapeTarget, chart_rule_groups, start_prometheus
+from workflows.chart_values import scaling_series
+from workflows.spec import LoadStage, load_spec, parse_spec
+
+RELEASE = "tiny"
+LWS = "tiny-triton-lws"  # the chart's fullname for release "tiny"
+
+
+def spec_data(stages: list[dict], **loadtest) -> dict:
+    return {
+        "name": RELEASE,
+        "model": {"source": "/models/tiny", "parameters_billion": 0.001},
+        "backend": "cpu-python",
+        "cluster": {"gpus_per_node": 1, "instance_type": "cpu.local"},
+        "serving": {"replicas": {"min": 1, "max": 2},
+                    "autoscaling": {"metric": "trtllm_waiting_requests", "target": 2}},
+        "loadtest": {"stages": stages, "isl": 8, "osl": 8, "sample_interval_s": 1, **loadtest},
+    }
+
+
+def stage(name: str, concurrency: int, duration_s: int) -> LoadStage:
+    return LoadStage(name=name, concurrency=concurrency, duration_s=duration_s)
+
+
+# --- load generator ------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_loadgen_follows_stages_and_counts_tokens(triton_server) -> None:
+    """Against real tritonserver: every finished stream has exactly osl tokens and a TTFT; no more
+    requests in flight than the stage's concurrency; a zero-concurrency stage sends nothing."""
+    plan = LoadPlan((stage("ramp", 2, 2), stage("hold", 4, 2), stage("drop", 0, 1)),
+                    isl=8, osl=8, max_requests=10_000)
+    result = run_load(triton_server.http_url, plan)
+    frame = pd.DataFrame(result.rows())
+    done = frame[frame["error"].isna()]
+    assert len(done) > 10
+    assert (done["tokens"] == 8).all()
+    assert (done["ttft_s"] > 0).all() and (done["ttft_s"] <= done["end_s"] - done["start_s"]).all()
+    assert set(frame["stage"]) == {"ramp", "hold"}
+    assert frame[frame["stage"] == "ramp"]["worker"].max() == 1
+    assert frame[frame["stage"] == "hold"]["worker"].max() == 3
+    for at in done["start_s"]:  # in flight at each start: never above that stage's concurrency
+        inflight = ((frame["start_s"] <= at) & (frame["end_s"] > at)).sum()
+        assert inflight <= (2 if at < 2 else 4)
+    assert (frame["start_s"] < 4.0).all()
+    assert set(frame["error"].dropna()) <= {"deadline"}
+
+
+@pytest.mark.integration
+def test_loadgen_counts_server_errors_and_slow_streams(triton_server) -> None:
+    """A request the server rejects is an error with 0 tokens; a stream slower than the request
+    bound is a "timeout" that keeps the tokens it did receive; max_requests bounds the run."""
+    plan = LoadPlan((stage("hold", 2, 3),), isl=8, osl=8, max_requests=6)
+    generator = LoadGenerator(triton_server.http_url, plan)
+    generator.endpoint = generator.endpoint.replace("/ensemble/", "/no-such-model/")
+    result = asyncio_run(generator)
+    assert len(result.records) == 6
+    assert all(r.error.startswith("HTTP 404") and "unknown model" in r.error for r in result.records)
+    assert all(r.tokens == 0 and r.ttft_s is None for r in result.records)
+
+    too_long = LoadPlan((stage("hold", 1, 2),), isl=8, osl=4000, max_requests=1)
+    (rejected,) = run_load(triton_server.http_url, too_long).records
+    assert "context window" in rejected.error and rejected.tokens == 0
+
+    slow = LoadPlan((stage("hold", 1, 5),), isl=8, osl=480, max_requests=1, request_timeout_s=0.3)
+    started = time.monotonic()
+    (record,) = run_load(triton_server.http_url, slow).records
+    assert time.monotonic() - started < 4.5  # max_requests reached: the run ends early
+    assert record.error == "timeout"
+    assert 0 < record.tokens < 480 and record.ttft_s is not None
+
+
+def asyncio_run(generator: LoadGenerator):
+    import asyncio
+
+    return asyncio.run(generator.run())
+
+
+# --- Prometheus sampler --------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_prometheus_sampler_reads_chart_recording_rules(triton_server, tmp_path) -> None:
+    """Real Prometheus scrapes the real tritonserver with the labels the chart's PodMonitor adds and
+    the chart's own recording rules (helm template); the sampler gets the scaling signal per group
+    and the per-leader request rate while load runs."""
+    spec = parse_spec(spec_data([{"name": "hold", "concurrency": 4, "duration_s": 1}]))
+    labels = {"namespace": "default", "lws": LWS, "group_index": "0", "pod": f"{LWS}-0"}
+    prometheus = start_prometheus(
+        tmp_path / "prom",
+        [ScrapeTarget(triton_server.metrics_url.removeprefix("http://").removesuffix("/metrics"), labels)],
+        rule_groups=chart_rule_groups(spec, RELEASE))
+    try:
+        load = threading.Thread(target=run_load, args=(triton_server.http_url, LoadPlan(
+            (stage("hold", 4, 6),), isl=8, osl=8, max_requests=100_000)))
+        load.start()
+        series = scaling_series(spec)
+        prometheus.wait_for(series, timeout_s=30)
+        prometheus.wait_for('rate(nv_inference_request_success{model="ensemble"}[1m]) > 0', timeout_s=30)
+        rows = PrometheusSampler(prometheus.url, series).sample(12.0)
+        load.join()
+    finally:
+        prometheus.stop()
+    by_series = {(r["series"], r["group"]): r["value"] for r in rows}
+    assert ("signal", "0") in by_series and by_series[("signal", "0")] >= 0
+    assert by_series[("requests.rate", "0")] > 0
+
+
+# --- the whole stage against a scripted cluster --------------------------------------------------
+
+def cluster_script() -> list[tuple[float, object]]:
+    """What a cluster does when load arrives: HPA scales, a pod is unschedulable, a node boots,
+    the group comes up; then load drops and the HPA scales in. Times in seconds."""
+    ns = "default"
+
+    def at_group(index, **kw):
+        return lambda api: [api.put("pods", kube.group_pod(LWS, index, w, **kw)) for w in range(1)]
+
+    return [
+        (1.5, lambda api: api.put("horizontalpodautoscalers", kube.hpa(
+            LWS, LWS, desired=2, current=1, metric="3500m", target="2"))),
+        (1.5, lambda api: api.put("leaderworkersets", kube.lws(LWS, RELEASE, replicas=2, ready=1))),
+        (2.5, at_group(1, unschedulable="0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")),
+        (3.5, lambda api: api.put("nodes", kube.node("node-b", ready=False))),
+        # connections cut and history compacted: the samplers must re-list (410 Gone) and go on
+        (4.2, lambda api: (api.compact(), api.drop_watches())),
+        (4.5, lambda api: api.put("nodes", kube.node("node-b", ready=True))),
+        (4.5, at_group(1, phase="Pending", node_name="node-b", waiting="ContainerCreating")),
+        (5.5, at_group(1, phase="Running", ready=True, node_name="node-b")),
+        (5.5, lambda api: api.put("leaderworkersets", kube.lws(LWS, RELEASE, replicas=2, ready=2))),
+        (8.5, lambda api: api.put("horizontalpodautoscalers", kube.hpa(
+            LWS, LWS, desired=1, current=2, metric="100m", target="2"))),
+        (9.0, lambda api: api.delete("pods", ns, f"{LWS}-1")),
+    ]
+
+
+@pytest.mark.integration
+def test_autoscale_stage_milestones_match_scripted_cluster(triton_server, tmp_path) -> None:
+    """`python -m steps.autoscale` against the API stand-in (a test double for kube-apiserver) and
+    real tritonserver: the milestones match the script within one sample, the watch survives a
+    dropped connection, pending reasons land in the timeline, and the samplers use few requests."""
+    api = kube.FakeKubeAPI().start()
+    try:
+        api.put("nodes", kube.node("node-a", ready=True, created="2020-01-01T00:00:00Z"))
+        api.put("leaderworkersets", kube.lws(LWS, RELEASE, replicas=1, ready=1))
+        api.put("horizontalpodautoscalers", kube.hpa(LWS, LWS, desired=1, current=1, metric="0", target="2"))
+        api.put("pods", kube.group_pod(LWS, 0, 0, phase="Running", ready=True, node_name="node-a"))
+        data = spec_data([{"name": "ramp", "concurrency": 2, "duration_s": 3},
+                          {"name": "hold", "concurrency": 4, "duration_s": 5},
+                          {"name": "drop", "concurrency": 0, "duration_s": 3}],
+                         expect={"groups_serving": 2, "within_s": 7})
+        spec_path = tmp_path / "spec.yaml"
+        spec_path.write_text(yaml.safe_dump(data))
+        config = api.write_kubeconfig(tmp_path / "kubeconfig")
+        spec = load_spec(spec_path)
+        watcher = KubeWatcher(kube_client("on", str(config)), spec.cluster.namespace)
+        first_request = time.time()
+        out = tmp_path / "out"
+        # The script's clock starts with the load, as a cluster's reaction would.
+        document = run(spec, triton_server.http_url, out, release=RELEASE, kube=watcher, prometheus=None,
+                       on_load_start=kube.Scenario(api, cluster_script()).start)
+        requests_per_minute = api.request_count(first_request) / ((time.time() - first_request) / 60)
+    finally:
+        api.stop()
+    assert document == json.loads((out / "milestones.json").read_text())
+    at = {m["name"]: m["time_s"] for m in document["milestones"]}
+    timeline = pd.read_parquet(out / "timeline.parquet")
+    expected = {"hpa_scaled_up": 1.5, "new_group_pods_created": 2.5, "new_nodes_ready": 4.5,
+                "new_group_ready": 5.5, "load_drop": 8.0, "scale_in": 8.5}
+    for name, when in expected.items():
+        assert at[name] is not None and when <= at[name] <= when + 1.3, (name, at[name])
+    assert at["load_start"] == 0.0
+    assert document["passed"] and document["expectations"][0]["name"] == "groups_serving"
+    timeline = pd.read_parquet(out / "timeline.parquet")
+    pending = timeline[timeline["series"] == "group.pending"]["detail"]
+    assert pending.str.contains("Insufficient nvidia.com/gpu").any()
+    assert pending.str.contains("ContainerCreating").any()
+    assert len(pd.read_parquet(out / "requests.parquet")) > 5
+    # four kinds: one list + a few watches each (one reconnect after the drop), no polling
+    assert requests_per_minute < 100, requests_per_minute
+
+
+def test_autoscale_rejects_bad_spec(tmp_path, capsys) -> None:
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text("name: x\n")
+    code = autoscale_main(["--spec", str(spec_path), "--url", "127.0.0.1:1", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_milestones_without_cluster_still_mark_load_phases(tmp_path: Path) -> None:
+    """Local runs have no Kubernetes: load start and drop are known, cluster milestones are None."""
+    from steps.autoscale.milestones import derive_milestones
+    from steps.autoscale.timeline import requests_frame, timeline_frame
+
+    spec = parse_spec(spec_data([{"name": "a", "concurrency": 4, "duration_s": 10},
+                                 {"name": "b", "concurrency": 0, "duration_s": 5}]))
+    rows = [{"time_s": t, "series": "signal", "group": "127.0.0.1:8002", "value": v, "detail": ""}
+            for t, v in [(0, 0.0), (5, 3.0), (10, 1.0)]]
+    milestones = {m.name: m.time_s for m in derive_milestones(spec, timeline_frame(rows), requests_frame([]))}
+    assert milestones["load_start"] == 0 and milestones["load_drop"] == 10
+    assert milestones["signal_above_target"] == 5
+    assert milestones["hpa_scaled_up"] is None and milestones["new_group_ready"] is None
