@@ -68,3 +68,22 @@ def test_cli_refuses_non_empty_output_and_leaves_it_alone(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "not empty" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_transformers_autotokenizer_loads_it_offline(tiny_model: Path) -> None:
+    """Benchmark clients (aiperf, genai-perf) load `--tokenizer DIR` with transformers, in their own venv."""
+    python = Path(__file__).resolve().parents[1] / ".tools" / "aiperf-venv" / "bin" / "python"
+    code = (
+        "import sys, json; from transformers import AutoTokenizer\n"
+        "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "ids = t('What is machine learning?')['input_ids']\n"
+        "print(json.dumps([ids, t.decode(ids, skip_special_tokens=True), t.eos_token_id]))"
+    )
+    result = subprocess.run(
+        [str(python), "-c", code, str(tiny_model)], capture_output=True, text=True, timeout=120, check=True
+    )
+    ids, text, eos_id = json.loads(result.stdout.strip().splitlines()[-1])
+    tokenizer = Tokenizer.from_file(str(tiny_model / "tokenizer.json"))
+    assert ids == tokenizer.encode("What is machine learning?").ids
+    assert text == "What is machine learning?"
+    assert eos_id == tokenizer.token_to_id(EOS)
