@@ -511,6 +511,16 @@ def test_two_releases_side_by_side_never_collide() -> None:
                 assert f'lws="{lws_name}"' in rule["expr"] or f'"{lws_name}"' in rule["expr"]
 
 
+def test_long_release_names_fit_lws_naming() -> None:
+    """LWS derives StatefulSet, pod and revision-hash names from its own: keep it <= 40 chars."""
+    release = "a-very-long-release-name-for-a-405b-deployment-test"
+    objects = render(reference_values(), release=release)
+    lws_name = one(objects, "LeaderWorkerSet")["metadata"]["name"]
+    assert len(lws_name) <= 40 and not lws_name.endswith("-")
+    assert one(objects, "Service")["metadata"]["name"] == lws_name
+    assert one(objects, "Secret")["metadata"]["name"] == f"{lws_name}-ssh"
+
+
 def test_no_rbac_and_no_token() -> None:
     objects = render(reference_values())
     assert not {o["kind"] for o in objects} & {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
