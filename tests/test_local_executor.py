@@ -10,11 +10,14 @@ import json
 import sys
 import textwrap
 import time
+import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import yaml
 
+from workflows.chart_values import SCALING_SERIES
 from workflows.local.documents import load_documents
 from workflows.local.engine import LocalEnvironment
 from workflows.local.errors import LocalRunError, UnsupportedFeature
@@ -27,9 +30,13 @@ from workflows.local.expressions import (
     parse_depends,
     substitute,
 )
+from workflows.local.nodes import Node
 from workflows.local.paths import PathMap
 from workflows.local.process import parse_duration
 from workflows.local.runner import execute
+from workflows.local.standins import StandIns, free_port, start_prometheus
+from workflows.render import render_to_dir
+from workflows.spec import load_spec
 
 IMAGE = "example.org/pipeline:test"
 VOLUME = "/var/run/models"
@@ -410,3 +417,51 @@ def test_unknown_image_is_refused_before_anything_runs(tmp_path: Path) -> None:
     }
     with pytest.raises(LocalRunError, match=r"tritonserver:24\.08 have no local stand-in"):
         run(tmp_path, workflow([{"name": "o", "template": "other"}], [other]))
+
+
+# --- stand-ins ------------------------------------------------------------------------------------
+
+TINY_SPEC = Path(__file__).resolve().parents[1] / "workflows" / "examples" / "tiny-local.yaml"
+
+
+def prometheus_api(base: str, path: str) -> dict:
+    with urllib.request.urlopen(f"{base}{path}", timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.integration
+def test_prometheus_stand_in_scrapes_the_leader_with_the_charts_rules(triton_server, tmp_path: Path) -> None:
+    """Real helm renders the rules, a real Prometheus loads them and scrapes a real tritonserver
+    once the deploy node reports its endpoint, labelled as the chart's PodMonitor labels leaders."""
+    spec = load_spec(TINY_SPEC)
+    metrics_port = int(triton_server.metrics_url.rsplit(":", 1)[1].split("/")[0])
+    base = f"http://127.0.0.1:{free_port()}"
+    service = spec.serving.service.model_copy(update={"metrics_port": metrics_port})
+    spec = spec.model_copy(
+        update={
+            "cluster": spec.cluster.model_copy(update={"prometheus_url": base}),
+            "serving": spec.serving.model_copy(update={"service": service}),
+        }
+    )
+    render_to_dir(spec, tmp_path / "rendered")
+    standins = StandIns(LocalEnvironment(images={}), spec)
+    with ExitStack() as stack:
+        start_prometheus(standins, tmp_path, stack)
+        rules = prometheus_api(base, "/api/v1/rules")["data"]["groups"]
+        recorded = {rule["name"] for group in rules for rule in group["rules"]}
+        assert set(SCALING_SERIES.values()) <= recorded
+        standins.on_change(Node(key="deploy", template="d", phase=SUCCEEDED,
+                                parameters={"endpoint": triton_server.http_url}))  # fmt: skip
+        lws = standins.monitoring.lws
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            result = prometheus_api(base, f'/api/v1/query?query=up{{lws="{lws}",group_index="0"}}')
+            if [r["value"][1] for r in result["data"]["result"]] == ["1"]:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"Prometheus never scraped the leader: {result}")
+        count = prometheus_api(
+            base, f'/api/v1/query?query=count(nv_inference_request_success{{lws="{lws}"}})'
+        )
+        assert int(count["data"]["result"][0]["value"][1]) >= 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,10 @@ from workflows.local.documents import Documents, load_documents
 from workflows.local.engine import Executor, LocalEnvironment
 from workflows.local.errors import LocalRunError, UnsupportedFeature
 from workflows.local.expressions import ERROR, FAILED, SUCCEEDED
-from workflows.local.nodes import read_status
+from workflows.local.nodes import Node, read_status
+from workflows.local.prometheus import TOOLS_BIN
 from workflows.local.view import NodeView, format_duration
 
-ROOT = Path(__file__).resolve().parents[2]
-TOOLS_BIN = ROOT / ".tools" / "bin"
 SECRETS_ENV = "MEGAPOD_SECRETS"
 DEFAULT_SECRETS = Path("~/.config/megapod/secrets.yaml")
 EXIT_BAD_INPUT = 2
@@ -49,11 +49,12 @@ def run_local(spec_path: Path, *, resume: str | None, runs_dir: Path) -> int:
         documents = render_pipeline(spec, run_dir)
         from workflows.local.standins import cloud_stand_ins
 
-        with cloud_stand_ins(spec, run_dir, console) as environment:
+        with cloud_stand_ins(spec, run_dir, console) as standins:
             return execute(
                 documents,
                 run_dir,
-                environment,
+                standins.environment,
+                on_change=standins.on_change,
                 resume=previous,
                 metadata={"spec": str(spec_path), "spec_hash": spec.content_hash()},
                 console=console,
@@ -138,6 +139,7 @@ def execute(
     resume: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     console: Console | None = None,
+    on_change: Callable[[Node], None] | None = None,
 ) -> int:
     """Run the documents' workflow in run_dir with a live node view; 0 when it succeeded."""
     console = console or Console(stderr=True)
@@ -149,7 +151,7 @@ def execute(
         environment,
         parameters=parameters,
         resume=resume,
-        on_change=view.update,
+        on_change=view.update if on_change is None else lambda node: (view.update(node), on_change(node)),
         metadata=metadata,
     )
     with view:

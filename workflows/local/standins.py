@@ -3,6 +3,9 @@
 - S3: for an `s3://` model source, a real moto server on 127.0.0.1 (AWS_ENDPOINT_URL and dummy
   credentials go to every task); when the source prefix is empty it is seeded with the tiny
   Llama of `steps.tinymodel`, which stands in for the checkpoint.
+- Prometheus: when spec.cluster.prometheus_url names this machine, a real Prometheus there with
+  the chart's recording rules (workflows.local.prometheus), scraping the leader's metrics port
+  once the deploy task reports the leader's endpoint.
 - The pipeline image: this interpreter's environment (see runner.default_environment).
 
 Every stand-in is announced on the console and recorded in the run folder (`standins.json`),
@@ -18,13 +21,17 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from workflows.local import prometheus
 from workflows.local.engine import LocalEnvironment
 from workflows.local.errors import LocalRunError
+from workflows.local.expressions import SUCCEEDED
+from workflows.local.nodes import Node
 from workflows.local.runner import default_environment
 
 LOOPBACK = "127.0.0.1"
@@ -92,10 +99,32 @@ def seed_s3(endpoint: str, bucket: str, prefix: str, run_dir: Path) -> bool:
     return True
 
 
+@dataclass
+class StandIns:
+    """The environment tasks run in, and a hook the executor calls on every node change."""
+
+    environment: LocalEnvironment
+    spec: Any
+    monitoring: prometheus.ChartMonitoring | None = None
+    prometheus_dir: Path | None = None
+
+    def on_change(self, node: Node) -> None:
+        """Point Prometheus at the leader as soon as deploy reports its endpoint."""
+        from workflows.argo.common import DEPLOY
+
+        endpoint = node.parameters.get("endpoint")
+        if node.key != DEPLOY or node.phase != SUCCEEDED or not endpoint or self.monitoring is None:
+            return
+        host = endpoint.removeprefix("http://").rsplit(":", 1)[0]
+        metrics = f"{host}:{self.spec.serving.service.metrics_port}"
+        prometheus.write_targets(self.prometheus_dir, self.monitoring, [metrics])
+
+
 @contextmanager
-def cloud_stand_ins(spec: Any, run_dir: Path, console: Console) -> Iterator[LocalEnvironment]:
+def cloud_stand_ins(spec: Any, run_dir: Path, console: Console) -> Iterator[StandIns]:
     """The local environment for the spec's pipeline; servers started here stop on exit."""
-    environment = default_environment(spec.images.pipeline)
+    standins = StandIns(default_environment(spec.images.pipeline), spec)
+    environment = standins.environment
     record: dict[str, Any] = {"pipeline_image": f"{spec.images.pipeline} -> {sys.executable}"}
     source = spec.model.source_parts
     with ExitStack() as stack:
@@ -115,7 +144,31 @@ def cloud_stand_ins(spec: Any, run_dir: Path, console: Console) -> Iterator[Loca
                 f"model.source {spec.model.source}: local runs have no Hugging Face Hub; use an s3:// "
                 "source (a local S3 is started) or an absolute path"
             )
+        if spec.cluster.prometheus_url:
+            record["prometheus"] = start_prometheus(standins, run_dir, stack)
         for name, what in record.items():
             console.print(f"stand-in {name}: {what}", highlight=False, soft_wrap=True)
         (run_dir / "standins.json").write_text(json.dumps(record, indent=2) + "\n")
-        yield environment
+        yield standins
+
+
+def start_prometheus(standins: StandIns, run_dir: Path, stack: ExitStack) -> str:
+    """Start Prometheus at spec.cluster.prometheus_url (which must be on this machine)."""
+    spec = standins.spec
+    listen = prometheus.loopback_listen_address(spec.cluster.prometheus_url)
+    if listen is None:
+        raise LocalRunError(
+            f"cluster.prometheus_url {spec.cluster.prometheus_url}: a local run starts its own Prometheus, "
+            "so use http://127.0.0.1:PORT (or leave it unset)"
+        )
+    from workflows.render import CHART_VALUES_FILE
+
+    directory = run_dir / "standins" / "prometheus"
+    monitoring = prometheus.chart_monitoring(
+        run_dir / "rendered" / CHART_VALUES_FILE, spec.name, spec.cluster.namespace
+    )
+    config = prometheus.write_config(directory, monitoring)
+    argv = prometheus.prometheus_argv(config, listen, directory / "data")
+    stack.enter_context(background_server(argv, f"http://{listen}/-/ready", directory / "prometheus.log"))
+    standins.monitoring, standins.prometheus_dir = monitoring, directory
+    return f"Prometheus 127.0.0.1 at {listen} with the chart's recording rules ({directory / 'rules.yml'})"
