@@ -23,7 +23,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from workflows.chart_values import CHART_DIR, SCALING_SERIES, adapter_metric_name, chart_values
+from workflows.chart_values import (
+    CHART_DIR,
+    SCALING_SERIES,
+    adapter_metric_name,
+    chart_values,
+    leader_service_host,
+    release_fullname,
+)
 from workflows.spec import ScalingMetric, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -509,6 +516,17 @@ def test_two_releases_side_by_side_never_collide() -> None:
         for group in one(mine, "PrometheusRule")["spec"]["groups"]:
             for rule in group["rules"]:
                 assert f'lws="{lws_name}"' in rule["expr"] or f'"{lws_name}"' in rule["expr"]
+
+
+@pytest.mark.parametrize(
+    "release",
+    ["llama-405b", "triton-lws", "my-triton-lws-prod", "a-very-long-release-name-for-a-405b-deployment"],
+)
+def test_release_fullname_matches_the_chart(release: str) -> None:
+    """Other parts name the Service from Python (release_fullname): it must be what helm renders."""
+    service = one(render(reference_values(), release=release), "Service")
+    assert service["metadata"]["name"] == release_fullname(release)
+    assert leader_service_host(release, "serving") == f"{service['metadata']['name']}.serving.svc"
 
 
 def test_long_release_names_fit_lws_naming() -> None:

@@ -34,6 +34,27 @@ INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
+CHART_NAME = "triton-lws"
+# The chart truncates object names to this length (LWS derives longer names from them).
+MAX_FULLNAME = 40
+
+
+def release_fullname(release: str) -> str:
+    """Name of the LeaderWorkerSet, leader Service and PodMonitor of a release without overrides.
+
+    Mirrors `triton-lws.fullname` in charts/triton-lws/templates/_helpers.tpl (tests compare the
+    two on helm's own render): the release name if it already contains the chart name, else
+    `<release>-triton-lws`, truncated to 40 characters.
+    """
+    name = release if CHART_NAME in release else f"{release}-{CHART_NAME}"
+    return name[:MAX_FULLNAME].removesuffix("-")
+
+
+def leader_service_host(release: str, namespace: str) -> str:
+    """In-cluster DNS name of a release's leader Service (HTTP and gRPC, never metrics)."""
+    return f"{release_fullname(release)}.{namespace}.svc"
+
+
 def adapter_metric_name(series: str) -> str:
     """Name prometheus-adapter exposes a recorded series under (colons are not allowed there)."""
     return series.replace(":", "_")
