@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import queue
-import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -19,10 +18,12 @@ from safetensors.numpy import load_file, save_file
 from steps.build import CPU_POINTER
 from steps.cpu_backend.inflight import decode_tokens_batch, word_list_tensor, word_lists_from_tensor
 from steps.cpu_backend.llama import GenerationParams, LlamaModel, generate
-from steps.cpu_backend.repository import MODELS_DIR
+from steps.cpu_backend.repository import DEFAULT_MAX_BATCH_SIZE
 from steps.cpu_backend.textgen import IncrementalDecoder, TextCodec, parse_text_request
+from steps.publish import CPU_TEMPLATES, render_repository
 from steps.tritonenv import STUB_PATH_VAR, find_tritonserver, stub_environment, tritonserver_args
 from tests.support.triton import TritonProcess, start_triton
+from workflows.spec import load_spec
 
 PROMPT = "What is machine learning?"
 REQUEST_TIMEOUT_S = 60
@@ -347,10 +348,9 @@ def test_metrics_show_request_success_and_trt_llm_gauges(triton_server: TritonPr
     assert samples['nv_inference_request_success{model="ensemble",version="1"}'] >= 1
     for kind in ("waiting", "active", "scheduled", "context", "max"):
         assert gauge(samples, "nv_trt_llm_request_metrics", "request_type", kind) >= 0
-    assert gauge(samples, "nv_trt_llm_request_metrics", "request_type", "max") == 8
-    assert (
-        gauge(samples, "nv_trt_llm_request_metrics", "request_type", "active") == 0
-    )  # nothing in flight now
+    assert gauge(samples, "nv_trt_llm_request_metrics", "request_type", "max") == DEFAULT_MAX_BATCH_SIZE
+    # Nothing is in flight any more.
+    assert gauge(samples, "nv_trt_llm_request_metrics", "request_type", "active") == 0
     kv = {
         k: gauge(samples, "nv_trt_llm_kv_cache_block_metrics", "kv_cache_block_type", k)
         for k in ("fraction", "used", "free", "max", "tokens_per")
@@ -360,154 +360,9 @@ def test_metrics_show_request_success_and_trt_llm_gauges(triton_server: TritonPr
 
 
 # --- the 4-model inflight-batcher layout (preprocessing -> tensorrt_llm -> postprocessing) -------
-# steps.publish.render_repository (teammate B) is not in the tree yet, so this test writes minimal
-# configs with the upstream tensorrtllm_backend v0.12.0 names itself.
+# The repository is exactly what steps.publish renders for backend cpu-python (tiny-local spec).
 
-PRE_INPUTS = [
-    ("QUERY", "STRING", [1]),
-    ("REQUEST_OUTPUT_LEN", "INT32", [1]),
-    ("BAD_WORDS_DICT", "STRING", [-1], True),
-    ("STOP_WORDS_DICT", "STRING", [-1], True),
-    ("END_ID", "INT32", [1], True),
-    ("PAD_ID", "INT32", [1], True),
-]
-PRE_OUTPUTS = [
-    ("INPUT_ID", "INT32", [-1]),
-    ("REQUEST_INPUT_LEN", "INT32", [1]),
-    ("BAD_WORDS_IDS", "INT32", [2, -1]),
-    ("STOP_WORDS_IDS", "INT32", [2, -1]),
-    ("REQUEST_OUTPUT_LEN", "INT32", [-1]),
-    ("OUT_END_ID", "INT32", [1]),
-    ("OUT_PAD_ID", "INT32", [1]),
-]
-LLM_INPUTS = [
-    ("input_ids", "INT32", [-1]),
-    ("input_lengths", "INT32", [1], False, True),
-    ("request_output_len", "INT32", [1], False, True),
-    ("end_id", "INT32", [1], True, True),
-    ("pad_id", "INT32", [1], True, True),
-    ("stop_words_list", "INT32", [2, -1], True),
-    ("bad_words_list", "INT32", [2, -1], True),
-    ("streaming", "BOOL", [1], True, True),
-]
-LLM_OUTPUTS = [("output_ids", "INT32", [-1, -1]), ("sequence_length", "INT32", [-1])]
-POST_INPUTS = [("TOKENS_BATCH", "INT32", [-1, -1]), ("SEQUENCE_LENGTH", "INT32", [-1])]
-POST_OUTPUTS = [("OUTPUT", "STRING", [-1])]
-ENS_INPUTS = [
-    ("text_input", "STRING", [1]),
-    ("max_tokens", "INT32", [1]),
-    ("bad_words", "STRING", [-1], True),
-    ("stop_words", "STRING", [-1], True),
-    ("end_id", "INT32", [1], True),
-    ("pad_id", "INT32", [1], True),
-    ("stream", "BOOL", [1], True),
-]
-ENS_OUTPUTS = [("text_output", "STRING", [-1])]
-STEPS = {
-    "preprocessing": (
-        {
-            "QUERY": "text_input",
-            "REQUEST_OUTPUT_LEN": "max_tokens",
-            "BAD_WORDS_DICT": "bad_words",
-            "STOP_WORDS_DICT": "stop_words",
-            "END_ID": "end_id",
-            "PAD_ID": "pad_id",
-        },
-        {
-            "INPUT_ID": "_INPUT_ID",
-            "REQUEST_INPUT_LEN": "_REQUEST_INPUT_LEN",
-            "BAD_WORDS_IDS": "_BAD_WORDS_IDS",
-            "STOP_WORDS_IDS": "_STOP_WORDS_IDS",
-            "REQUEST_OUTPUT_LEN": "_REQUEST_OUTPUT_LEN",
-            "OUT_END_ID": "_PREPROCESSOR_END_ID",
-            "OUT_PAD_ID": "_PREPROCESSOR_PAD_ID",
-        },
-    ),
-    "tensorrt_llm": (
-        {
-            "input_ids": "_INPUT_ID",
-            "input_lengths": "_REQUEST_INPUT_LEN",
-            "request_output_len": "_REQUEST_OUTPUT_LEN",
-            "end_id": "_PREPROCESSOR_END_ID",
-            "pad_id": "_PREPROCESSOR_PAD_ID",
-            "streaming": "stream",
-            "stop_words_list": "_STOP_WORDS_IDS",
-            "bad_words_list": "_BAD_WORDS_IDS",
-        },
-        {"output_ids": "_TOKENS_BATCH", "sequence_length": "_SEQUENCE_LENGTH"},
-    ),
-    "postprocessing": (
-        {"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH"},
-        {"OUTPUT": "text_output"},
-    ),
-}
-
-
-def pbtxt_tensors(kind: str, specs: list) -> str:
-    entries = []
-    for name, dtype, dims, *flags in specs:
-        optional, scalar = [*flags, False, False][:2]
-        entries.append(
-            f'{{ name: "{name}" data_type: TYPE_{dtype} dims: {dims}'
-            + (" optional: true" if optional else "")
-            + (" reshape: { shape: [ ] }" if scalar else "")
-            + " }"
-        )
-    return f"{kind} [ {', '.join(entries)} ]\n"
-
-
-def python_model_config(
-    name: str, inputs: list, outputs: list, params: dict[str, str], decoupled=False
-) -> str:
-    return (
-        f'name: "{name}"\nbackend: "python"\nmax_batch_size: 8\n'
-        + ("model_transaction_policy { decoupled: true }\ndynamic_batching { }\n" if decoupled else "")
-        + pbtxt_tensors("input", inputs)
-        + pbtxt_tensors("output", outputs)
-        + "".join(
-            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items()
-        )
-        + "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
-    )
-
-
-def ensemble_config() -> str:
-    steps = []
-    for model, (inputs, outputs) in STEPS.items():
-        maps = [f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
-        maps += [f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
-        steps.append(f'{{ model_name: "{model}" model_version: -1 {" ".join(maps)} }}')
-    return (
-        'name: "ensemble"\nplatform: "ensemble"\nmax_batch_size: 8\n'
-        + pbtxt_tensors("input", ENS_INPUTS)
-        + pbtxt_tensors("output", ENS_OUTPUTS)
-        + f"ensemble_scheduling {{ step [ {', '.join(steps)} ] }}\n"
-    )
-
-
-def write_inflight_repository(repository: Path, model_dir: Path, engine_dir: Path) -> None:
-    """ensemble + preprocessing + tensorrt_llm + postprocessing with steps/cpu_backend/models/*/1/model.py."""
-    configs = {
-        "preprocessing": python_model_config(
-            "preprocessing", PRE_INPUTS, PRE_OUTPUTS, {"tokenizer_dir": model_dir}
-        ),
-        "tensorrt_llm": python_model_config(
-            "tensorrt_llm",
-            LLM_INPUTS,
-            LLM_OUTPUTS,
-            {"gpt_model_path": engine_dir, "exclude_input_in_output": "true"},
-            decoupled=True,
-        ),
-        "postprocessing": python_model_config(
-            "postprocessing", POST_INPUTS, POST_OUTPUTS, {"tokenizer_dir": model_dir}
-        ),
-        "ensemble": ensemble_config(),
-    }
-    for name, config in configs.items():
-        (repository / name / "1").mkdir(parents=True)
-        (repository / name / "config.pbtxt").write_text(config)
-        if name != "ensemble":
-            shutil.copyfile(MODELS_DIR / name / "1" / "model.py", repository / name / "1" / "model.py")
+TINY_LOCAL = Path(__file__).resolve().parents[1] / "workflows" / "examples" / "tiny-local.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -516,8 +371,10 @@ def inflight_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) 
     # tensorrt_llm gets what steps.build writes for cpu-python: a directory with a checkpoint pointer.
     (workdir / "engine").mkdir()
     (workdir / "engine" / CPU_POINTER).write_text(json.dumps({"checkpoint": str(tiny_model)}))
-    write_inflight_repository(workdir / "repository", tiny_model, workdir / "engine")
-    server = start_triton(workdir / "repository", workdir)
+    repository = render_repository(
+        load_spec(TINY_LOCAL), workdir / "engine", tiny_model, CPU_TEMPLATES, workdir / "repository"
+    )
+    server = start_triton(repository, workdir)
     yield server
     server.stop()
 
@@ -532,6 +389,8 @@ def test_inflight_layout_streams_tokens_through_all_four_models(
     # Upstream postprocessing decodes each streamed response on its own: one token per event.
     assert [e["text_output"] for e in events] == [codec.decode([t]) for t in tokens]
     assert generate_once(inflight_server, fields)["text_output"] == codec.decode(tokens)
+    with_prompt = generate_once(inflight_server, {**fields, "exclude_input_in_output": False})
+    assert with_prompt["text_output"] == PROMPT + codec.decode(tokens)
 
 
 @pytest.mark.integration
@@ -548,7 +407,8 @@ def test_inflight_layout_honours_end_id_and_stop_words(
         expected_tokens(llama, codec, {"text_input": PROMPT, "max_tokens": 8, "end_id": free[0]})
     )
     samples = scrape(inflight_server)
-    assert gauge(samples, "nv_trt_llm_request_metrics", "request_type", "max") == 8
+    max_batch = load_spec(TINY_LOCAL).build.max_batch_size
+    assert gauge(samples, "nv_trt_llm_request_metrics", "request_type", "max") == max_batch
     assert any(
         'model="tensorrt_llm"' in key for key in samples if key.startswith("nv_trt_llm_request_metrics")
     )
