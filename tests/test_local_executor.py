@@ -231,6 +231,19 @@ def test_failing_task_stops_its_dependants_and_the_exit_hook_still_runs(tmp_path
     assert (volume(run_dir) / "exit-status").read_text() == FAILED
 
 
+def test_fail_fast_starts_no_new_branch_after_an_unhandled_failure(tmp_path: Path) -> None:
+    slow = {"name": "slow", "container": container("import time; time.sleep(1.5)")}
+    tasks = [
+        {"name": "broken", "template": "fail"},
+        {"name": "running", "template": "slow"},
+        {"name": "later", "template": "ok", "depends": "running"},
+    ]
+    code, status, _ = run(tmp_path, workflow(tasks, [OK, FAIL, slow]))
+    assert code == 1
+    assert phases(status) == {"broken": FAILED, "running": SUCCEEDED, "later": OMITTED}
+    assert status["nodes"]["later"]["message"] == "not started: broken failed (failFast)"
+
+
 def test_a_handled_failure_runs_the_handler_and_the_workflow_succeeds(tmp_path: Path) -> None:
     tasks = [
         {"name": "risky", "template": "fail"},

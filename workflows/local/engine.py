@@ -734,10 +734,13 @@ class _DagRun:
         self.pending.remove(name)
         node = executor.nodes[self.keys[name]]
         depends = self.depends[name]
-        if executor.stop.is_set() or (self.fail_fast and any(map(self.unhandled_failure, self.tasks))):
-            executor._finish(node, OMITTED, "not started: the workflow stopped or a task failed")
-        elif depends.tasks and not depends.evaluate(self.phase_of, self.continues):
+        failed = [t for t in self.tasks if self.unhandled_failure(t)]
+        if depends.tasks and not depends.evaluate(self.phase_of, self.continues):
             executor._finish(node, OMITTED, f"depends `{depends.expression}` is false")
+        elif executor.stop.is_set():
+            executor._finish(node, OMITTED, "not started: the workflow was stopped")
+        elif self.fail_fast and failed:
+            executor._finish(node, OMITTED, f"not started: {', '.join(failed)} failed (failFast)")
         else:
             task_scope = self.scope.child(executor._task_outputs_scope(self.tasks, self.keys))
             self.running.add(name)

@@ -38,6 +38,7 @@ LOOPBACK = "127.0.0.1"
 DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "megapod-local", "AWS_SECRET_ACCESS_KEY": "megapod-local",
              "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
 START_TIMEOUT_S = 30.0
+LOCAL_RUN_ENV = "MEGAPOD_LOCAL_RUN"
 
 
 def free_port() -> int:
@@ -125,6 +126,9 @@ def cloud_stand_ins(spec: Any, run_dir: Path, console: Console) -> Iterator[Stan
     """The local environment for the spec's pipeline; servers started here stop on exit."""
     standins = StandIns(default_environment(spec.images.pipeline), spec)
     environment = standins.environment
+    # Steps that must act differently off-cluster (deploy: local pods, not helm) key on this,
+    # and keep their state (pids, namespaces) in the run folder.
+    environment.env[LOCAL_RUN_ENV] = str(run_dir.resolve())
     record: dict[str, Any] = {"pipeline_image": f"{spec.images.pipeline} -> {sys.executable}"}
     source = spec.model.source_parts
     with ExitStack() as stack:
