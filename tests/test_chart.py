@@ -598,6 +598,18 @@ def test_bad_values_rejected(case: str) -> None:
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/megapod/triton-trtllm:0.1.0",
+        "registry.local:5000/megapod/triton-trtllm@sha256:" + "a" * 64,
+    ],
+)
+def test_image_refs_by_tag_or_digest(ref: str) -> None:
+    pod = pod_templates(render(with_values(**{"image.ref": ref})))["leader"]
+    assert pod["spec"]["containers"][0]["image"] == ref
+
+
 def test_unknown_value_key_rejected() -> None:
     values = reference_values()
     values["group"]["tp"] = 8
