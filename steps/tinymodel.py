@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: cannot write the tiny model to {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(path)
     return 0
 
