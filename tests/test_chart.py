@@ -8,6 +8,8 @@ tests/golden/chart/ and are rewritten with MEGAPOD_REGENERATE_GOLDEN=1.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import copy
 import json
 import os
@@ -18,6 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -568,6 +571,67 @@ def test_ssh_secret_holds_matching_openssh_keys(tmp_path: Path) -> None:
         ).stdout.strip()
         assert data[public] == prefix + derived
     assert data["id_ecdsa"] != data["ssh_host_ecdsa_key"]
+
+
+async def helm_against(api_url: str, tmp_path: Path, release: str, namespace: str) -> dict[str, Any]:
+    """`helm template --dry-run=server` (lookup enabled) against api_url; the rendered Secret."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "stand-in",
+                "clusters": [{"name": "stand-in", "cluster": {"server": api_url}}],
+                "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "nobody"}}],
+                "users": [{"name": "nobody", "user": {}}],
+            }
+        )
+    )
+    proc = await asyncio.create_subprocess_exec(
+        str(HELM),
+        "template",
+        release,
+        str(CHART_DIR),
+        "--namespace",
+        namespace,
+        "--dry-run=server",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--show-only",
+        "templates/secret-ssh.yaml",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    return yaml.safe_load(out)
+
+
+@pytest.mark.asyncio
+async def test_upgrade_keeps_ssh_keys_kube_api_stand_in(kmock: Any, tmp_path: Path) -> None:
+    """Upgrades reuse the release's ssh keys (`lookup`). kmock's KubernetesEmulator stands in for
+    kube-apiserver (none can run here); helm does real discovery and GETs against it."""
+    kmock.resources["v1/secrets"] = kmock.ResourceInfo(
+        namespaced=True, kind="Secret", singular="secret", verbs={"get", "list", "create"}
+    )
+    api = str(kmock.url).rstrip("/")
+    installed = await helm_against(api, tmp_path, "llama", "serving")  # nothing there yet: new keys
+    assert "stringData" in installed
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in installed["stringData"].items()}
+    stored = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": installed["metadata"] | {"namespace": "serving"},
+        "data": data,
+    }
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(f"{api}/api/v1/namespaces/serving/secrets", json=stored)
+        assert response.status < 300
+    upgraded = await helm_against(api, tmp_path, "llama", "serving")
+    assert upgraded["data"] == data and "stringData" not in upgraded
+    other = await helm_against(api, tmp_path, "other", "serving")  # another release: its own keys
+    assert "stringData" in other and other["stringData"]["id_ecdsa"] != installed["stringData"]["id_ecdsa"]
 
 
 # --- bad values -----------------------------------------------------------------------------------
