@@ -7,5 +7,5 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS_BIN = ROOT / ".tools" / "bin"
 os.environ["PATH"] = f"{TOOLS_BIN}{os.pathsep}{os.environ['PATH']}"
 
-# Real-server fixtures (tritonserver, tiny model) shared by every part's tests.
-pytest_plugins = ["tests.support.fixtures"]
+# Real-server fixtures shared by every part's tests: tritonserver + tiny model, moto S3.
+pytest_plugins = ["tests.support.fixtures", "tests.support.moto"]

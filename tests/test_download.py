@@ -19,13 +19,11 @@ import pytest
 
 from steps import download as dl
 from steps.manifest import read_manifest
-from tests.support import moto as moto_support
 from tests.support.faultproxy import FaultProxy
 from tests.support.hfhub import HubServer, snapshot
 from tests.support.moto import MotoS3
 
 pytestmark = pytest.mark.integration
-moto_s3 = moto_support.moto_s3  # the shared session fixture, until conftest registers it
 
 PART = 256 * 1024
 REPO = "acme/tiny-llama"

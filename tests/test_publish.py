@@ -14,11 +14,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from steps import publish as p
 from steps.manifest import read_manifest
-from tests.support import moto as moto_support
 from tests.support.faultproxy import FaultProxy
 from workflows.spec import load_spec, parse_spec
-
-moto_s3 = moto_support.moto_s3  # the shared session fixture, until conftest registers it
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_405B = ROOT / "workflows" / "examples" / "llama-3.1-405b-p5.yaml"
