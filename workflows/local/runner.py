@@ -9,7 +9,9 @@ A run folder `runs/<spec name>-<UTC timestamp>/` holds everything: the rendered 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +40,7 @@ def run_local(spec_path: Path, *, resume: str | None, runs_dir: Path) -> int:
     from workflows.spec import SpecError, load_spec
 
     console = Console(stderr=True)
+    stop_on_sigterm()
     try:
         spec = load_spec(spec_path)
     except SpecError as exc:
@@ -66,6 +69,16 @@ def run_local(spec_path: Path, *, resume: str | None, runs_dir: Path) -> int:
     except LocalRunError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return EXIT_BAD_INPUT
+
+
+def stop_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C: stop the tasks, run the exit hook, stop the stand-ins."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def prepare_run_folder(spec: Any, resume: str | None, runs_dir: Path) -> tuple[Path, dict[str, Any] | None]:
