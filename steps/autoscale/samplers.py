@@ -265,7 +265,7 @@ def pending_reason(pod: dict) -> str:
         waiting = (container.get("state") or {}).get("waiting")
         if waiting:
             return f"{container.get('name')}: {waiting.get('reason', 'Waiting')}"
-        if not container.get("ready") and (container.get("state") or {}).get("running"):
+        if not container.get("ready") and "running" in (container.get("state") or {}):
             return f"{container.get('name')}: running, not ready"
     if status.get("phase") == "Pending":
         return "Pending"

@@ -28,10 +28,11 @@ RESOURCES = {
     "pods": ("/api/v1", True),
     "nodes": ("/api/v1", False),
     "events": ("/api/v1", True),
+    "services": ("/api/v1", True),
     "horizontalpodautoscalers": ("/apis/autoscaling/v2", True),
     "leaderworkersets": ("/apis/leaderworkerset.x-k8s.io/v1", True),
 }
-KINDS = {"pods": "Pod", "nodes": "Node", "events": "Event",
+KINDS = {"pods": "Pod", "nodes": "Node", "events": "Event", "services": "Service",
          "horizontalpodautoscalers": "HorizontalPodAutoscaler", "leaderworkersets": "LeaderWorkerSet"}
 
 
@@ -273,7 +274,7 @@ def node(name: str, *, ready: bool, instance_type: str = "cpu.local", created: s
 
 def group_pod(lws: str, group: int, worker: int, *, namespace: str = "default", phase: str = "Pending",
               ready: bool = False, node_name: str | None = None, unschedulable: str | None = None,
-              waiting: str | None = None) -> dict:
+              waiting: str | None = None, release: str | None = None) -> dict:
     """A pod of an LWS group with the labels and status fields the LWS controller and kubelet set."""
     name = f"{lws}-{group}" if worker == 0 else f"{lws}-{group}-{worker}"
     conditions = [{"type": "PodScheduled", "status": "False" if unschedulable else "True",
@@ -283,7 +284,8 @@ def group_pod(lws: str, group: int, worker: int, *, namespace: str = "default", 
     return {
         "metadata": {"name": name, "namespace": namespace, "labels": {
             f"{LWS_LABELS}/name": lws, f"{LWS_LABELS}/group-index": str(group),
-            f"{LWS_LABELS}/worker-index": str(worker)}},
+            f"{LWS_LABELS}/worker-index": str(worker),
+            **({"app.kubernetes.io/instance": release} if release else {})}},
         "spec": {"nodeName": node_name} if node_name else {},
         "status": {"phase": phase, "conditions": conditions,
                    "containerStatuses": [{"name": "leader" if worker == 0 else "worker", "ready": ready,
@@ -310,6 +312,20 @@ def hpa(name: str, lws_name: str, *, desired: int, current: int, metric: str, ta
             "status": {"desiredReplicas": desired, "currentReplicas": current,
                        "currentMetrics": [{"type": "Pods", "pods": {"metric": {"name": series},
                                                                     "current": {"averageValue": metric}}}]}}
+
+
+def service(name: str, release: str, *, ip: str, namespace: str = "default") -> dict:
+    """The chart's leader Service with a load balancer address (as the LB controller sets it)."""
+    labels = {"app.kubernetes.io/instance": release}
+    return {"metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.10"},
+            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}}
+
+
+def event(pod_name: str, reason: str, message: str, *, namespace: str = "default", at: str = "") -> dict:
+    return {"metadata": {"name": f"{pod_name}.{reason.lower()}", "namespace": namespace},
+            "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": namespace},
+            "reason": reason, "message": message, "type": "Warning", "lastTimestamp": at or _now()}
 
 
 @dataclass
