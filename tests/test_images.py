@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,3 +186,50 @@ def test_parser_sees_continuations(tmp_path: Path) -> None:
     steps = instructions(dockerfile)
     assert [(s.keyword, s.line) for s in steps] == [("FROM", 1), ("RUN", 3), ("COPY", 5)]
     assert steps[1].args == "x && y"
+
+
+# What the serving image's launcher venv holds besides megapod itself (see its Dockerfile).
+LAUNCHER_VENV = {
+    "pydantic",
+    "pydantic_core",
+    "yaml",
+    "rich",
+    "typing_extensions",
+    "annotated_types",
+    "typing_inspection",
+    "markdown_it",
+    "mdurl",
+    "pygments",
+    "steps",
+    "workflows",
+}
+IMPORT_FENCE = """
+import builtins, runpy, sys
+allowed = set(sys.stdlib_module_names) | set(sys.argv[1].split(","))
+real_import = builtins.__import__
+def fenced(name, globals=None, locals=None, fromlist=(), level=0):
+    top = name.split(".")[0]
+    if level == 0 and top not in allowed and not top.startswith("_"):  # _x: private stdlib/C parts
+        # as if not installed: optional imports fall back, required ones fail the launcher
+        raise ModuleNotFoundError(f"{name!r} is not installed in the serving image", name=name)
+    return real_import(name, globals, locals, fromlist, level)
+builtins.__import__ = fenced
+sys.argv = ["steps.launcher", sys.argv[2], "--help"]
+runpy.run_module("steps.launcher", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("role", ["leader", "worker"])
+def test_launcher_runs_with_the_serving_image_packages(role: str) -> None:
+    """`python -m steps.launcher` needs nothing beyond what the serving image's venv installs."""
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_FENCE, ",".join(sorted(LAUNCHER_VENV)), role],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"steps.launcher {role}" in result.stdout
+    run = " ".join(s.args for s in instructions(DOCKERFILES["triton-trtllm"]) if s.keyword == "RUN")
+    assert "constraints.txt pydantic pyyaml rich" in run
