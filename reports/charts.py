@@ -40,7 +40,7 @@ def figure_svg(fig: Figure) -> str:
     """The figure as an `<svg class="chart">` element (the figure is closed)."""
     buffer = io.StringIO()
     try:
-        fig.savefig(buffer, format="svg", bbox_inches="tight")
+        fig.savefig(buffer, format="svg")
     finally:
         plt.close(fig)
     svg = buffer.getvalue()
@@ -51,7 +51,7 @@ def figure_svg(fig: Figure) -> str:
 def new_figure() -> tuple[Figure, plt.Axes]:
     """A figure and axes in the report's style."""
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=FIGSIZE)
+        fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")  # one draw, no bbox pass
     return fig, ax
 
 

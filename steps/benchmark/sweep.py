@@ -17,7 +17,15 @@ from typing import Any
 from reports.points import POINT_FILE, PROMETHEUS_FILE, RUN_FILE
 from reports.table import atomic_write, deployment_info
 from steps.benchmark import prometheus
-from steps.benchmark.tools import COMMANDS, PointPlan, Target, plan_sweep, tool_environment, tool_version
+from steps.benchmark.tools import (
+    COMMANDS,
+    GENAI_PERF,
+    PointPlan,
+    Target,
+    plan_sweep,
+    tool_environment,
+    tool_version,
+)
 from workflows.spec import Spec
 
 LOG_FILE = "tool.log"
@@ -102,22 +110,35 @@ def _kill_group(process: subprocess.Popen) -> None:
             continue
 
 
-def _point_meta(
-    spec: Spec,
-    run_id: str,
-    point: PointPlan,
-    target: Target,
-    tool: str,
-    version: str | None,
-    command: list[str],
-) -> dict[str, Any]:
-    bench = spec.benchmark
+Runner = Callable[..., ToolRun]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What every point of one sweep shares."""
+
+    spec: Spec
+    run_id: str
+    target: Target
+    tokenizer: Path
+    out: Path
+    version: str | None
+    env: dict[str, str]
+    runner: Runner = run_tool
+
+    @property
+    def tool(self) -> str:
+        return self.spec.benchmark.tool
+
+
+def _point_meta(sweep: Sweep, point: PointPlan, command: list[str]) -> dict[str, Any]:
+    bench = sweep.spec.benchmark
     return {
         "schema": "megapod.benchmark.point/1",
-        "run_id": run_id,
+        "run_id": sweep.run_id,
         "point": point.name,
-        "tool": tool,
-        "tool_version": version,
+        "tool": sweep.tool,
+        "tool_version": sweep.version,
         "concurrency": point.concurrency,
         "isl": point.isl,
         "osl": point.osl,
@@ -125,9 +146,9 @@ def _point_meta(
         "warmup_requests": bench.warmup_requests,
         "streaming": bench.streaming,
         "time_limit_s": bench.point_timeout_s,
-        "url": target.grpc_url if tool == "genai-perf" else target.http_url,
-        "model": target.model,
-        "deployment": deployment_info(spec),
+        "url": sweep.target.grpc_url if sweep.tool == GENAI_PERF else sweep.target.http_url,
+        "model": sweep.target.model,
+        "deployment": deployment_info(sweep.spec),
         "command": command,
     }
 
@@ -137,33 +158,24 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
-def run_point(
-    spec: Spec,
-    run_id: str,
-    point: PointPlan,
-    target: Target,
-    tokenizer: Path,
-    out: Path,
-    version: str | None,
-    env: dict[str, str],
-) -> dict[str, Any]:
+def run_point(sweep: Sweep, point: PointPlan) -> dict[str, Any]:
     """Run one point and write its point.json; a failure is recorded, not raised."""
-    tool = spec.benchmark.tool
-    point_dir = out / point.name
+    point_dir = sweep.out / point.name
     point_dir.mkdir(parents=True, exist_ok=True)
-    command = COMMANDS[tool](spec.benchmark, point, target, tokenizer, point_dir)
-    meta = _point_meta(spec, run_id, point, target, tool, version, command)
+    command = COMMANDS[sweep.tool](sweep.spec.benchmark, point, sweep.target, sweep.tokenizer, point_dir)
+    meta = _point_meta(sweep, point, command)
     started = time.time()
-    outcome = run_tool(
+    outcome = sweep.runner(
         command,
         cwd=point_dir,
         log_path=point_dir / LOG_FILE,
-        timeout_s=spec.benchmark.point_timeout_s,
-        env=tool_environment(tool, env),
+        timeout_s=sweep.spec.benchmark.point_timeout_s,
+        env=tool_environment(sweep.tool, sweep.env),
     )
     ended = time.time()
     if outcome.returncode == 0 and not any(point_dir.rglob(EXPORT_GLOB)):
-        outcome = ToolRun(0, f"{tool} exited 0 but wrote no {EXPORT_GLOB}: {log_tail(point_dir / LOG_FILE)}")
+        tail = log_tail(point_dir / LOG_FILE)
+        outcome = ToolRun(0, f"{sweep.tool} exited 0 but wrote no {EXPORT_GLOB}: {tail}")
     meta.update(
         {
             "started_at": iso(started),
@@ -197,18 +209,20 @@ def run_sweep(
     settle_s: float = 0.0,
     log: Logger = print,
     env: dict[str, str] | None = None,
+    runner: Runner = run_tool,
 ) -> SweepResult:
     """Every point of the spec's sweep in order; run.json at the end lists them all."""
-    env = dict(os.environ if env is None else env)
-    tool = spec.benchmark.tool
     started = time.time()
     run_id = f"{spec.name}-{datetime.fromtimestamp(started, UTC):%Y%m%dT%H%M%SZ}"
-    version = tool_version(tool)
+    version = tool_version(spec.benchmark.tool)
+    sweep = Sweep(
+        spec, run_id, target, tokenizer, out, version, dict(os.environ if env is None else env), runner
+    )
     plan = plan_sweep(spec.benchmark)
-    log(f"benchmark: {tool} {version or '(version unknown)'}, {len(plan)} point(s) -> {out}")
+    log(f"benchmark: {sweep.tool} {version or '(version unknown)'}, {len(plan)} point(s) -> {out}")
     result = SweepResult(run_id)
     for index, point in enumerate(plan, 1):
-        meta = run_point(spec, run_id, point, target, tokenizer, out, version, env)
+        meta = run_point(sweep, point)
         result.points.append(meta)
         status = "ok" if meta["status"] == "ok" else f"FAILED: {meta['error'].splitlines()[0]}"
         log(f"benchmark: [{index}/{len(plan)}] {point.name} {meta['duration_s']:.1f}s {status}")
@@ -216,22 +230,25 @@ def run_sweep(
         time.sleep(settle_s)  # let Prometheus scrape the last point's final samples
         attach_server_metrics(out, result.points, prometheus_url)
         log(f"benchmark: server metrics from {prometheus_url} for {len(result.points)} point(s)")
-    ended = time.time()
-    write_json(
-        out / RUN_FILE,
-        {
-            "schema": "megapod.benchmark.run/1",
-            "run_id": run_id,
-            "tool": tool,
-            "tool_version": version,
-            "started_at": iso(started),
-            "ended_at": iso(ended),
-            "deployment": deployment_info(spec),
-            "benchmark": spec.benchmark.model_dump(mode="json"),
-            "url": target.http_url,
-            "grpc_url": target.grpc_url,
-            "prometheus": prometheus_url,
-            "points": [{"point": p["point"], "status": p["status"]} for p in result.points],
-        },
-    )
+    write_json(out / RUN_FILE, run_record(sweep, result, started, prometheus_url))
     return result
+
+
+def run_record(
+    sweep: Sweep, result: SweepResult, started: float, prometheus_url: str | None
+) -> dict[str, Any]:
+    """run.json: the sweep's identity, deployment, settings and each point's status."""
+    return {
+        "schema": "megapod.benchmark.run/1",
+        "run_id": sweep.run_id,
+        "tool": sweep.tool,
+        "tool_version": sweep.version,
+        "started_at": iso(started),
+        "ended_at": iso(time.time()),
+        "deployment": deployment_info(sweep.spec),
+        "benchmark": sweep.spec.benchmark.model_dump(mode="json"),
+        "url": sweep.target.http_url,
+        "grpc_url": sweep.target.grpc_url,
+        "prometheus": prometheus_url,
+        "points": [{"point": p["point"], "status": p["status"]} for p in result.points],
+    }
