@@ -32,7 +32,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--grpc-url", help="gRPC endpoint HOST:PORT (default: --url's host, spec grpc_port)")
     p.add_argument("--tokenizer", required=True, type=Path, help="the checkpoint's tokenizer directory")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--prometheus", help="Prometheus base URL for per-point server metrics")
+    p.add_argument(
+        "--prometheus",
+        help="Prometheus base URL for per-point server metrics (default: spec cluster.prometheus_url)",
+    )
     p.add_argument(
         "--prometheus-settle",
         type=float,
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         target,
         args.tokenizer.resolve(),
         args.out.resolve(),
-        prometheus_url=args.prometheus,
+        prometheus_url=args.prometheus or spec.cluster.prometheus_url,
         settle_s=args.prometheus_settle,
     )
     write_outputs(
