@@ -713,15 +713,12 @@ def test_notes_tell_the_truth(tmp_path: Path) -> None:
     )
     assert "Groups: 1 (fixed" in fixed and "port-forward svc/llama-triton-lws 8000 8001" in fixed
     assert "prometheus-adapter" not in fixed
-    # The reference spec still names the stock Triton image, which has no launcher: say so.
-    assert notes.startswith("WARNING: image.ref nvcr.io/nvidia/tritonserver:24.08-trtllm-python-py3")
-    ours = render_notes(
-        with_values(
-            **{"image.ref": "123456789012.dkr.ecr.us-east-1.amazonaws.com/megapod/triton-trtllm:0.1.0"}
-        ),
-        tmp_path / "c",
+    # The stock Triton image has no launcher: NOTES say so; the megapod image needs no warning.
+    assert notes.startswith("Installed LeaderWorkerSet llama-triton-lws")
+    stock = render_notes(
+        with_values(**{"image.ref": "nvcr.io/nvidia/tritonserver:24.08-trtllm-python-py3"}), tmp_path / "c"
     )
-    assert ours.startswith("Installed LeaderWorkerSet llama-triton-lws")
+    assert stock.startswith("WARNING: image.ref nvcr.io/nvidia/tritonserver:24.08-trtllm-python-py3")
 
 
 # --- golden renders -------------------------------------------------------------------------------

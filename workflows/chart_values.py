@@ -60,6 +60,10 @@ def adapter_metric_name(series: str) -> str:
     return series.replace(":", "_")
 
 
+# kube-prometheus-stack's in-cluster Prometheus, for KEDA when the spec names none.
+DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+
+
 def scaling_series(spec: Spec) -> str:
     """The recorded series the autoscaler of this spec follows."""
     return SCALING_SERIES[str(spec.serving.autoscaling.metric)]
@@ -94,6 +98,7 @@ def default_repository(spec: Spec) -> str:
 def chart_values(spec: Spec) -> dict[str, Any]:
     """Values for charts/triton-lws (same key tree as its values.yaml) derived from `spec`."""
     serving, cluster, scaling = spec.serving, spec.cluster, spec.serving.autoscaling
+    interval, selector_labels = f"{scaling.sync_period_s}s", dict(cluster.monitoring_labels)
     return {
         "nameOverride": "",
         "fullnameOverride": "",
@@ -140,8 +145,8 @@ def chart_values(spec: Spec) -> dict[str, Any]:
         },
         "service": {
             "type": serving.service.type,
-            "scheme": "internet-facing",
-            "certificateArn": "",
+            "scheme": serving.service.scheme,
+            "certificateArn": serving.service.certificate_arn or "",
             "annotations": {},
         },
         "autoscaling": {
@@ -150,13 +155,13 @@ def chart_values(spec: Spec) -> dict[str, Any]:
             "target": float(scaling.target),
             "behavior": {"scaleUp": _behavior(scaling.scale_up), "scaleDown": _behavior(scaling.scale_down)},
             "keda": {
-                "serverAddress": "http://prometheus-operated.monitoring.svc:9090",
+                "serverAddress": cluster.prometheus_url or DEFAULT_PROMETHEUS_URL,
                 "pollingInterval": scaling.sync_period_s,
             },
         },
         "monitoring": {
-            "podMonitor": {"enabled": True, "interval": f"{scaling.sync_period_s}s", "labels": {}},
-            "prometheusRule": {"enabled": True, "interval": f"{scaling.sync_period_s}s", "labels": {}},
+            "podMonitor": {"enabled": True, "interval": interval, "labels": selector_labels},
+            "prometheusRule": {"enabled": True, "interval": interval, "labels": selector_labels},
             "adapterRules": {"enabled": True},
             "scalingModel": SCALING_MODEL,
             "rateWindow": "1m",

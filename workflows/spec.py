@@ -182,6 +182,10 @@ class ClusterSpec(Strict):
     s3: S3Location | None = None
     service_account: str = Field(default="megapod-pipeline", pattern=DNS_LABEL)
     gpu_pool: str = Field(default="gpu", pattern=DNS_LABEL, description="mutex name for the GPU pool")
+    monitoring_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="labels your Prometheus selects monitors and rules by, e.g. {release: prometheus}",
+    )
     prometheus_url: str | None = Field(
         default=None,
         pattern=r"^https?://\S+$",
@@ -259,13 +263,18 @@ class ReplicaBounds(Strict):
 
 class ServiceSpec(Strict):
     type: Literal["ClusterIP", "NLB", "ALB"] = "ClusterIP"
+    scheme: Literal["internal", "internet-facing"] = Field(default="internal", description="NLB/ALB scheme")
+    certificate_arn: str | None = Field(default=None, description="ACM certificate for the ALB (HTTPS)")
     http_port: PositiveInt = 8000
     grpc_port: PositiveInt = 8001
     metrics_port: PositiveInt = 8002
 
 
 class ServingSpec(Strict):
-    image: str = "nvcr.io/nvidia/tritonserver:24.08-trtllm-python-py3"
+    image: str = Field(
+        default="ghcr.io/megapod/triton-trtllm:0.1.0",
+        description="the serving image built from images/triton-trtllm (Triton + TRT-LLM + sshd + launcher)",
+    )
     replicas: ReplicaBounds = Field(default_factory=ReplicaBounds)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     service: ServiceSpec = Field(default_factory=ServiceSpec)

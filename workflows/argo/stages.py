@@ -19,7 +19,7 @@ from hera.workflows.models import ValueFrom
 
 from workflows.argo import common as c
 from workflows.argo import pod
-from workflows.chart_values import chart_values, default_repository
+from workflows.chart_values import chart_values, default_repository, leader_service_host
 from workflows.spec import Backend, Spec
 
 # Deadlines for stages whose length the spec does not bound (seconds).
@@ -381,7 +381,7 @@ def leader_endpoint(spec: Spec) -> str:
     """Default `url` for stages run alone: the release's leader Service inside the cluster."""
     # The pipeline passes deploy's `endpoint` output instead; this default serves the cron and
     # single-stage runs against an existing release.
-    return f"{spec.name}.{spec.cluster.namespace}.svc:{spec.serving.service.http_port}"
+    return f"{leader_service_host(spec.name, spec.cluster.namespace)}:{spec.serving.service.http_port}"
 
 
 def tokenizer_dir(spec: Spec) -> str | None:
