@@ -17,7 +17,7 @@ from steps.launcher import checks, sshd
 from steps.launcher.barrier import backoff_delays, ssh_probe, wait_for_workers
 from steps.launcher.command import LLMAPI_LAUNCH, TRTLLM_MODEL, LaunchPlan, Ports, mpirun_command, server_args
 from steps.launcher.group import GroupError, group_from_env, parse_group
-from steps.launcher.supervise import descendants, drain_budget, find_process, signal_tree
+from steps.launcher.supervise import cmdline, descendants, drain_budget, find_process, signal_tree
 from workflows.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -334,6 +334,9 @@ def engine_config(world: int, tp: int, pp: int, per_node: int | None) -> dict:
 def test_engine_mapping_matching_the_group_passes() -> None:
     assert checks.check_engine_mapping(engine_config(16, 8, 2, 8), 16, 8) == []
     assert checks.check_engine_mapping(engine_config(16, 8, 2, None), 16, 8) == []
+    # One pod with 4 of a node's 8 GPUs (TP4): built with the node's 8, ranks still map 1:1.
+    assert checks.check_engine_mapping(engine_config(4, 4, 1, 8), 4, 4) == []
+    assert "gpus_per_node=2" in checks.check_engine_mapping(engine_config(4, 4, 1, 2), 4, 4)[0]
 
 
 def test_engine_built_for_another_world_or_node_size_is_refused() -> None:
@@ -389,15 +392,20 @@ def test_drain_budget_keeps_a_kill_margin() -> None:
 
 
 def test_process_tree_helpers_find_and_stop_descendants() -> None:
-    # Tree: sh -> (sh "--id=rank0" -> sleep), sleep
-    shell = subprocess.Popen(["sh", "-c", "sh -c 'sleep 30; true' --id=rank0 & sleep 30 & wait"])
+    # Tree: bash -> (sh wrapper "--id=rank0" -> python "--id=rank0"), sleep. The wrapper carries
+    # the marker too (like trtllm-llmapi-launch); only the named program counts.
+    python = Path(sys.executable)
+    sleeper = f'{python} -c "import time; time.sleep(30)" --id=rank0'
+    script = f"sh -c '{sleeper}; true' --id=rank0 & sleep 30 & wait"
+    shell = subprocess.Popen(["bash", "-c", script])
     try:
         deadline = time.monotonic() + 5
         while len(descendants(shell.pid)) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(descendants(shell.pid)) == 3
-        assert find_process(shell.pid, "--id=rank0") in descendants(shell.pid)
-        assert find_process(shell.pid, "--id=rank9") is None
+        rank0 = find_process(shell.pid, python.name, "--id=rank0")
+        assert rank0 in descendants(shell.pid) and cmdline(rank0)[0] == str(python)
+        assert find_process(shell.pid, python.name, "--id=rank9") is None
         descendants_before = descendants(shell.pid)
         stopped = signal_tree(shell.pid, 9)
         assert set(stopped) == {*descendants_before, shell.pid}

@@ -245,7 +245,17 @@ def test_sigterm_lets_the_streaming_request_finish_then_stops_everything(group: 
     sent = time.time()
     for process in group.procs.values():
         process.send_signal(signal.SIGTERM)
-    rest, _ = client.communicate(timeout=GRACE_S + 10)
+    # Stop taking traffic: readiness fails while the request is still streaming.
+    deadline = time.monotonic() + 5
+    while group.ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    still_streaming = client.poll() is None
+    assert not group.ready(), "the leader still reports ready after SIGTERM"
+    assert still_streaming, "the stream ended before readiness was checked; the test proved nothing"
+    # Read on through the same buffered pipe (communicate() would skip what readline() buffered);
+    # the client's own socket timeout bounds this.
+    rest = client.stdout.read()
+    client.wait(timeout=10)
     events = _events(first + rest)
     tokens = [e for e in events if "text_output" in e]
     assert events[-1].get("done"), events[-3:]
@@ -257,3 +267,16 @@ def test_sigterm_lets_the_streaming_request_finish_then_stops_everything(group: 
     assert not any(group.tritonservers().values())
     log = group.log(LEADER)
     assert log.index("[draining] SIGTERM to rank 0") < log.index("[stopped]")
+
+
+def test_worker_exits_nonzero_when_its_sshd_dies(group: Group) -> None:
+    """A worker whose sshd is gone cannot take ranks: its launcher exits 1 (the pod restarts)."""
+    worker = group.start_worker(WORKERS[0])
+    deadline = time.monotonic() + 10
+    # sshd retitles its listener "sshd: /usr/sbin/sshd -D ... [listener] ..."
+    while not (sshd := group.net.find_title(WORKERS[0], "[listener]")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sshd, group.all_logs()
+    os.kill(sshd[0], signal.SIGKILL)
+    assert worker.wait(timeout=10) == 1, group.all_logs()
+    assert "sshd exited with -9" in group.log(WORKERS[0])

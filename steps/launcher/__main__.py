@@ -38,7 +38,8 @@ from workflows.spec import Backend
 log = logging.getLogger("launcher")
 SSH_DIR = Path("/etc/megapod/ssh")  # where the chart mounts the release's SSH Secret
 DEFAULT_SSH_PORT = 2222
-RANK0_MARKER = "--id=rank0"
+RANK0_MARKER = "--id=rank0"  # rank 0's tritonserver, see command.server_args
+SERVER_PROGRAM = "tritonserver"
 MPIRUN_STOP_S = 5.0  # after the drain: how long mpirun gets to stop the ranks before SIGKILL
 
 
@@ -129,7 +130,7 @@ def build_plan(args: argparse.Namespace, hosts: list[str], ssh_config: Path) -> 
 def drain(mpirun: subprocess.Popen, grace: float, signals: Signals) -> None:
     """Stop taking traffic, let in-flight requests finish within the grace budget, stop every rank."""
     deadline = time.monotonic() + drain_budget(grace)
-    rank0 = find_process(mpirun.pid, RANK0_MARKER)
+    rank0 = find_process(mpirun.pid, SERVER_PROGRAM, RANK0_MARKER)
     if rank0 is not None:
         _phase("draining", f"SIGTERM to rank 0 (pid {rank0}): readiness fails, in-flight requests finish")
         os.kill(rank0, signal.SIGTERM)

@@ -70,7 +70,14 @@ def check_engine_mapping(engine_config: Mapping[str, Any], world_size: int, gpus
             f"{mapping.get('pp_size')}) but the group runs {world_size} ranks; rebuild or fix the spec"
         )
     built_per_node = mapping.get("gpus_per_node")
-    if built_per_node is not None and built_per_node != gpus_per_pod:
+    # TensorRT-LLM maps rank -> device as rank % gpus_per_node: across pods it must be exactly the
+    # GPUs of a pod; inside one pod (e.g. TP4 on an 8-GPU node) a larger value maps ranks 1:1 too.
+    spans_pods = world_size > gpus_per_pod
+    if (
+        built_per_node is not None
+        and built_per_node != gpus_per_pod
+        and (spans_pods or built_per_node < world_size)
+    ):
         problems.append(
             f"engine records gpus_per_node={built_per_node} but each pod has {gpus_per_pod} GPUs; "
             "rebuild with the spec's cluster.gpus_per_node (TensorRT-LLM refuses this mismatch at load)"

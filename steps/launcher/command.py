@@ -3,8 +3,12 @@
 Layout (as upstream's launch_triton_server.py, but across pods): rank 0 is a full tritonserver
 (HTTP/gRPC/metrics, every model); ranks >= 1 load only the `tensorrt_llm` model and open no
 ports. ssh is the rsh agent (no kubectl, no pods/exec). For trtllm-pytorch every rank runs
-`trtllm-llmapi-launch tritonserver ...`: TensorRT-LLM's wrapper runs the command on rank 0 and its
-MPI worker loop (`tensorrt_llm.llmapi.mgmn_worker_node`) on the other ranks.
+`trtllm-llmapi-launch tritonserver ...`: TensorRT-LLM's wrapper runs the command on rank 0 (with
+the MPI variables stripped, plus `mgmn_leader_node`) and its MPI worker loop
+(`tensorrt_llm.llmapi.mgmn_worker_node`) on the other ranks; Triton's `llmapi` model on rank 0
+reads tp/pp from `tensorrt_llm/1/model.yaml`. This is what upstream's launch_triton_server.py
+does with `--trtllm_llmapi_launch`; the same wrapper serves `trtllm-serve` multi-node
+(`mpirun ... trtllm-llmapi-launch trtllm-serve MODEL --tp_size ... --pp_size ...`).
 """
 
 from __future__ import annotations

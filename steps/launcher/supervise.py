@@ -105,9 +105,16 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
-def find_process(root: int, marker: str) -> int | None:
-    """The first descendant of `root` whose argv contains `marker`."""
-    return next((pid for pid in descendants(root) if marker in cmdline(pid)), None)
+def find_process(root: int, program: str, marker: str) -> int | None:
+    """The descendant of `root` running `program` (argv[0] basename) with `marker` in its argv.
+
+    Matching the program matters: wrappers such as trtllm-llmapi-launch carry the same arguments.
+    """
+    for pid in descendants(root):
+        argv = cmdline(pid)
+        if argv and Path(argv[0]).name == program and marker in argv:
+            return pid
+    return None
 
 
 def signal_tree(root: int, sig: int, *, include_root: bool = True) -> list[int]:

@@ -158,6 +158,15 @@ class PodNetwork:
         ).stdout
         return [int(pid) for pid in out.split()]
 
+    def find_title(self, pod: str, text: str) -> list[int]:
+        """Pids in the pod whose command line contains `text` (for retitled processes like sshd)."""
+        found = []
+        for pid in self.pids(pod):
+            with contextlib.suppress(OSError):
+                if text in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                    found.append(pid)
+        return found
+
     def find(self, pod: str, *markers: str) -> list[int]:
         """Pids in the pod whose argv contains every marker (argv[0] compared by basename too)."""
         found = []
