@@ -478,3 +478,34 @@ def test_bad_numbers_exit_2() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2 and "--world-size must be >= 1" in done.stderr
+
+
+# --- the chart's command lines parse, and agree with each other and the spec ----------------------
+
+EXAMPLES = sorted((ROOT / "workflows" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec_file", EXAMPLES, ids=lambda p: p.stem)
+def test_the_charts_launcher_arguments_are_accepted_and_consistent(spec_file: Path) -> None:
+    """Render charts/triton-lws with real helm; the launcher's own parser reads what the pods run."""
+    from steps.launcher.__main__ import parser
+    from tests.test_chart import one, pod_templates, render
+    from workflows.chart_values import chart_values
+
+    spec = load_spec(spec_file)
+    objects = render(chart_values(spec))
+    pods = pod_templates(objects)
+    leader = parser().parse_args(pods["leader"]["spec"]["containers"][0]["args"])
+    worker = parser().parse_args(pods["worker"]["spec"]["containers"][0]["args"])
+    assert (leader.role, worker.role) == ("leader", "worker")
+    assert leader.backend == spec.backend
+    assert (leader.world_size, leader.gpus_per_node) == (spec.world_size, spec.gpus_per_pod)
+    size = one(objects, "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]["size"]
+    assert checks.check_world(size, leader.gpus_per_node, leader.world_size) == []
+    assert leader.ssh_port == worker.ssh_port == spec.serving.ssh_port
+    assert leader.grace_period == worker.grace_period == spec.serving.termination_grace_s
+    assert leader.barrier_timeout == spec.serving.barrier_timeout_s
+    secret = one(objects, "Secret")
+    keys = {*secret.get("stringData", {}), *secret.get("data", {})}
+    for path in (leader.identity, leader.known_hosts, worker.host_key, worker.authorized_keys):
+        assert path.parent == Path("/etc/megapod/ssh") and path.name in keys, path

@@ -5,6 +5,8 @@ A leader and two workers with LWS names (`mp-0`, `mp-0-1`, `mp-0-2` in service `
 `steps.launcher worker`), real Open MPI `mpirun` over ssh (started by `steps.launcher leader`),
 real tritonservers on every rank (rank 0 serves the CPU `ensemble` on the tiny model, ranks 1-2
 load `tensorrt_llm`). Clients run in a fourth namespace and reach the leader by its address.
+The ssh keys are the chart's own Secret (rendered by real helm), so the chart's key material and
+the launcher's ssh configs are exercised together.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 
 from steps.cpu_backend.repository import write_ensemble_single
 from tests.support.netns import PodNetwork
+from workflows.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 LEADER, WORKERS, CLIENT = "mp-0", ["mp-0-1", "mp-0-2"], "client"
@@ -41,16 +44,18 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The per-release Secret's files, in the chart's layout and formats (PEM EC keys)."""
+    """The per-release SSH Secret exactly as charts/triton-lws renders it (real helm), as mounted."""
+    from tests.test_chart import one, render
+    from workflows.chart_values import chart_values
+
+    secret = one(
+        render(chart_values(load_spec(ROOT / "workflows/examples/llama-3.1-405b-p5.yaml"))), "Secret"
+    )
     keys = tmp_path_factory.mktemp("ssh-secret")
-    for name in ("id_ecdsa", "ssh_host_ecdsa_key"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ecdsa", "-m", "PEM", "-N", "", "-f", str(keys / name)], check=True
-        )
-    shutil.copyfile(keys / "id_ecdsa.pub", keys / "authorized_keys")
-    (keys / "known_hosts").write_text(f"* {(keys / 'ssh_host_ecdsa_key.pub').read_text()}")
-    for path in keys.iterdir():
-        path.chmod(0o440)  # as the Secret volume mounts them
+    for name, content in secret["stringData"].items():
+        (keys / name).write_text(content if content.endswith("\n") else content + "\n")
+        (keys / name).chmod(0o440)  # the chart's defaultMode
+    assert {"id_ecdsa", "authorized_keys", "ssh_host_ecdsa_key", "known_hosts"} <= set(secret["stringData"])
     return keys
 
 
