@@ -49,7 +49,11 @@ def table(
         )
         body.append(f'<tr class="{esc(css)}">{cells}</tr>' if css else f"<tr>{cells}</tr>")
     caption_html = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f"<table>{caption_html}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # Wide tables (aiperf's many metrics, server metrics) scroll inside their section.
+    return (
+        f'<div class="scroll"><table>{caption_html}<thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _is_number(value: Any) -> bool:

@@ -36,6 +36,7 @@ caption { text-align:left; color:var(--muted); font-size:12px; padding-bottom:4p
 .card .value { font-size:18px; font-weight:600; }
 .charts { display:grid; grid-template-columns:repeat(auto-fit, minmax(460px, 1fr)); gap:16px; }
 figure { margin:0; }
+.scroll { overflow-x:auto; max-width:100%; }
 svg.chart { max-width:100%; height:auto; }
 details { margin:6px 0; }
 summary { cursor:pointer; color:var(--accent); }
