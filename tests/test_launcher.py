@@ -464,6 +464,20 @@ def test_leader_with_the_wrong_world_size_exits_1(tmp_path: Path) -> None:
     assert done.returncode == 1 and "LWS group size 3" in done.stderr
 
 
+def test_leader_without_its_server_programs_exits_1_before_waiting(tmp_path: Path) -> None:
+    env = {"LWS_LEADER_ADDRESS": "m-0.m.ns", "LWS_GROUP_SIZE": "2", "MEGAPOD_TRITON_HOME": str(tmp_path)}
+    pytorch = [
+        "leader", "--backend", "trtllm-pytorch", "--model-repository", str(tmp_path), "--world-size", "16",
+        "--gpus-per-node", "8", "--tritonserver", str(tmp_path / "tritonserver"),
+    ]  # fmt: skip
+    done = launcher(pytorch, env, tmp_path)
+    assert done.returncode == 1 and "[barrier]" not in done.stderr
+    assert f"{tmp_path / 'tritonserver'} and trtllm-llmapi-launch not found" in done.stderr
+    cpu = [*pytorch[:2], "cpu-python", *pytorch[3:]]
+    done = launcher(cpu, env, tmp_path)
+    assert done.returncode == 1 and "the tritonserver binary not found" in done.stderr
+
+
 def test_worker_without_the_secret_exits_1_naming_the_file(tmp_path: Path) -> None:
     args = ["worker", "--host-key", str(tmp_path / "missing"), "--authorized-keys", str(tmp_path / "ak")]
     done = launcher(args, {}, tmp_path)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from steps.launcher import checks, sshd
 from steps.launcher.barrier import ssh_probe, wait_for_workers
-from steps.launcher.command import LaunchPlan, Ports, mpirun_command
+from steps.launcher.command import LLMAPI_LAUNCH, LaunchPlan, Ports, mpirun_command
 from steps.launcher.group import GroupError, group_from_env
 from steps.launcher.supervise import (
     Signals,
@@ -41,10 +41,6 @@ DEFAULT_SSH_PORT = 2222
 RANK0_MARKER = "--id=rank0"  # rank 0's tritonserver, see command.server_args
 SERVER_PROGRAM = "tritonserver"
 MPIRUN_STOP_S = 5.0  # after the drain: how long mpirun gets to stop the ranks before SIGKILL
-
-
-class BadInput(Exception):
-    """Arguments or environment that cannot work (exit 2)."""
 
 
 def _phase(name: str, message: str) -> None:
@@ -86,13 +82,25 @@ def run_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 # --- leader --------------------------------------------------------------------------------------
 
 
-def _cpu_runtime() -> tuple[str, dict[str, str], tuple[str, ...]]:
-    """tritonserver, rank env and extra args for the CPU python-backend profile (steps.tritonenv)."""
-    from steps import tritonenv
+ServerRuntime = tuple[str, dict[str, str], tuple[str, ...]]  # tritonserver, rank env, extra args
 
-    install = tritonenv.find_tritonserver()
-    env = tritonenv.stub_environment(install, base={})
-    return str(install.binary), env, (f"--backend-directory={install.backend_dir}",)
+
+def server_runtime(args: argparse.Namespace) -> ServerRuntime | str:
+    """What the ranks run, or why it cannot run (checked before the barrier, not after)."""
+    if args.backend == Backend.CPU_PYTHON:
+        from steps import tritonenv  # the local profile's CPU tritonserver and its stub environment
+
+        try:
+            install = tritonenv.find_tritonserver()
+        except tritonenv.TritonNotFound as exc:
+            return str(exc)
+        env = tritonenv.stub_environment(install, base={})
+        return str(install.binary), env, (f"--backend-directory={install.backend_dir}",)
+    wanted = [args.tritonserver, *([LLMAPI_LAUNCH] if args.backend == Backend.TRTLLM_PYTORCH else [])]
+    missing = [program for program in wanted if not shutil.which(program)]
+    if missing:
+        return f"{' and '.join(missing)} not found (is this the megapod serving image?)"
+    return args.tritonserver, {}, ()
 
 
 def start_checks(args: argparse.Namespace, lws_size: int) -> list[str]:
@@ -106,11 +114,11 @@ def start_checks(args: argparse.Namespace, lws_size: int) -> list[str]:
     return problems
 
 
-def build_plan(args: argparse.Namespace, hosts: list[str], ssh_config: Path) -> LaunchPlan:
-    """The launch plan from arguments (and, for cpu-python, the local tritonserver install)."""
-    tritonserver, rank_env, extra = args.tritonserver, {}, ()
-    if args.backend == Backend.CPU_PYTHON:
-        tritonserver, rank_env, extra = _cpu_runtime()
+def build_plan(
+    args: argparse.Namespace, hosts: list[str], ssh_config: Path, runtime: ServerRuntime
+) -> LaunchPlan:
+    """The launch plan from arguments and the server runtime."""
+    tritonserver, rank_env, extra = runtime
     return LaunchPlan(
         backend=args.backend,
         hosts=tuple(hosts),
@@ -161,6 +169,9 @@ def run_leader(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     signals = Signals()
     group = group_from_env(env)
     problems = start_checks(args, group.size)
+    runtime = server_runtime(args)
+    if isinstance(runtime, str):
+        problems.append(runtime)
     for problem in problems:
         _phase("checks", f"FAILED: {problem}")
     if problems:
@@ -171,8 +182,8 @@ def run_leader(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     )
     _phase("checks", checks.network_summary(env))
     user = getpass.getuser()
-    runtime = sshd.make_runtime_dir(args.runtime_dir)
-    ssh_config = sshd.prepare_leader(args.identity, args.known_hosts, runtime, args.ssh_port, user)
+    ssh_dir = sshd.make_runtime_dir(args.runtime_dir)
+    ssh_config = sshd.prepare_leader(args.identity, args.known_hosts, ssh_dir, args.ssh_port, user)
 
     workers = group.workers
     _phase(
@@ -192,9 +203,10 @@ def run_leader(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 1
     _phase("barrier", f"all {len(workers)} workers accept ssh after {time.monotonic() - started:.2f}s")
 
-    command = mpirun_command(build_plan(args, group.hosts, ssh_config))
+    command = mpirun_command(build_plan(args, group.hosts, ssh_config, runtime))
     _phase("launch", shlex.join(command))
-    mpirun = subprocess.Popen(command)
+    # No stdin: mpirun would otherwise forward the container's stdin to rank 0.
+    mpirun = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     _phase("serving", f"mpirun pid {mpirun.pid}; {args.world_size} ranks on {len(group.hosts)} pods")
     code = serve(mpirun, signals)
     if code is not None:
@@ -262,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "worker":
             return run_worker(args, os.environ)
         return run_leader(args, os.environ)
-    except (GroupError, BadInput) as exc:
+    except GroupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except sshd.SshSetupError as exc:
