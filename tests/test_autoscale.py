@@ -200,6 +200,24 @@ def test_autoscale_stage_milestones_match_scripted_cluster(triton_server, tmp_pa
     assert requests_per_minute < 100, requests_per_minute
 
 
+def test_watcher_stops_asking_for_a_forbidden_kind(tmp_path) -> None:
+    """Without RBAC for nodes (a ClusterRole the pipeline may lack) the node watch gives up after one
+    403 instead of retrying forever; the other kinds are still watched (API stand-in)."""
+    api = kube.FakeKubeAPI(forbidden={"nodes"}).start()
+    try:
+        api.put("pods", kube.group_pod(LWS, 0, 0, phase="Running", ready=True))
+        watcher = KubeWatcher(kube_client("on", str(api.write_kubeconfig(tmp_path / "kc"))), "default")
+        watcher.start()
+        assert watcher.wait_synced(10)
+        time.sleep(1.5)
+        watcher.stop()
+        node_requests = [p for _, _, p in api.requests if p.startswith("/api/v1/nodes")]
+        assert len(node_requests) == 1
+        assert [p["metadata"]["name"] for p in watcher.snapshot("pods")] == [f"{LWS}-0"]
+    finally:
+        api.stop()
+
+
 def test_autoscale_rejects_bad_spec(tmp_path, capsys) -> None:
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text("name: x\n")

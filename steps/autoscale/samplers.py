@@ -122,6 +122,10 @@ class KubeWatcher:
                 if exc.status == 410:  # our resourceVersion is too old: list afresh
                     kind.resource_version = None
                     continue
+                if exc.status in (401, 403, 404):  # no RBAC (e.g. nodes) or no such API: stop asking
+                    log.warning("not sampling %s: %s %s", kind.name, exc.status, exc.reason)
+                    self._synced[kind.name].set()
+                    return
                 log.warning("watch %s: %s; retrying", kind.name, exc.reason)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10)

@@ -54,6 +54,7 @@ class FakeKubeAPI:
     requests: list[tuple[float, str, str]] = field(default_factory=list)  # (time, method, path?query)
     version: int = 100
     compacted: int = 0
+    forbidden: set[str] = field(default_factory=set)  # plurals answered with 403 (missing RBAC)
 
     def start(self) -> FakeKubeAPI:
         self._watches: list[_Watch] = []
@@ -180,6 +181,8 @@ class FakeKubeAPI:
         if route is None:
             return _status(404, "NotFound", f"no such path {request.path}")
         plural, namespace, name = route
+        if plural in self.forbidden:
+            return _status(403, "Forbidden", f"cannot list resource {plural!r}")
         if name:
             obj = self.objects.get((plural, namespace or "", name))
             return web.json_response(obj) if obj else _status(404, "NotFound", f"{plural} {name} not found")
