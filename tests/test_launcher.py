@@ -485,6 +485,17 @@ def test_worker_without_the_secret_exits_1_naming_the_file(tmp_path: Path) -> No
     assert f"host key {tmp_path / 'missing'} not found" in done.stderr
 
 
+def test_a_uid_without_passwd_entry_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steps.launcher import __main__ as cli
+
+    def unknown() -> str:
+        raise KeyError("getpwuid(): uid not found: 4242")
+
+    monkeypatch.setattr(cli.getpass, "getuser", unknown)
+    with pytest.raises(sshd.SshSetupError, match=r"uid \d+ has no /etc/passwd entry"):
+        cli._user()
+
+
 def test_bad_numbers_exit_2() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "steps.launcher", "leader", "--backend", "cpu-python",

@@ -47,6 +47,17 @@ def _phase(name: str, message: str) -> None:
     log.info("[%s] %s", name, message)
 
 
+def _user() -> str:
+    """The container's user name; ssh and sshd both need the uid in /etc/passwd."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        raise sshd.SshSetupError(
+            f"uid {os.getuid()} has no /etc/passwd entry; ssh and sshd need one "
+            "(run as a user the image defines, e.g. triton-server = 1000 in the NGC Triton images)"
+        ) from None
+
+
 # --- worker --------------------------------------------------------------------------------------
 
 
@@ -54,7 +65,7 @@ def run_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Run sshd in the foreground; exit 1 if it dies, drain and exit 0 on SIGTERM."""
     set_subreaper()
     signals = Signals()
-    user = getpass.getuser()
+    user = _user()
     runtime = sshd.make_runtime_dir(args.runtime_dir)
     config = sshd.prepare_worker(args.host_key, args.authorized_keys, runtime, args.ssh_port, user, env)
     _phase(
@@ -181,7 +192,7 @@ def run_leader(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         f"group {group.leader} size {group.size} x {args.gpus_per_node} GPUs = world {args.world_size}",
     )
     _phase("checks", checks.network_summary(env))
-    user = getpass.getuser()
+    user = _user()
     ssh_dir = sshd.make_runtime_dir(args.runtime_dir)
     ssh_config = sshd.prepare_leader(args.identity, args.known_hosts, ssh_dir, args.ssh_port, user)
 
