@@ -53,6 +53,7 @@ def pipeline_template(spec: Spec) -> WorkflowTemplate:
     engines = checkpoint if skips_build(spec) else c.task_output(c.BUILD, "engines")
     tokenizer = spec.model.tokenizer if (spec.model.tokenizer or "").startswith("/") else checkpoint
     endpoint = c.task_output(c.DEPLOY, "endpoint")
+    grpc_endpoint = c.task_output(c.DEPLOY, "grpc_endpoint")
     plan = (
         f"{spec.model.source} on {spec.group_size} x {spec.gpus_per_pod} GPUs per instance "
         f"(TP{spec.build.tp} x PP{spec.build.pp}, {spec.backend}), "
@@ -71,7 +72,7 @@ def pipeline_template(spec: Spec) -> WorkflowTemplate:
             publish = stage_task(spec, c.PUBLISH, engines=engines, tokenizer=tokenizer)
             deploy = stage_task(spec, c.DEPLOY)
             autoscale = stage_task(spec, c.AUTOSCALE_TEST, url=endpoint)
-            bench = stage_task(spec, c.BENCHMARK, url=endpoint, tokenizer=tokenizer)
+            bench = stage_task(spec, c.BENCHMARK, url=endpoint, grpc_url=grpc_endpoint, tokenizer=tokenizer)
             report = stage_task(spec, c.REPORT)
 
             download >> build

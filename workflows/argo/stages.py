@@ -311,11 +311,16 @@ def benchmark(spec: Spec) -> Stage:
         f"{[f'{s.isl}/{s.osl}' for s in bench.sequences]}, {bench.request_count} requests per point.",
         module="steps.benchmark",
         args=[
-            *["--spec", c.SPEC_PATH, "--url", _p("url"), "--tokenizer", _p("tokenizer"), "--out", _p("out")],
-            *_prometheus_args(spec),
+            *["--spec", c.SPEC_PATH, "--url", _p("url"), "--grpc-url", _p("grpc_url")],
+            *["--tokenizer", _p("tokenizer"), "--out", _p("out"), *_prometheus_args(spec)],
         ],
         inputs=[
             Input("url", "host:port of the leader Service (deploy's `endpoint`).", leader_endpoint(spec)),
+            Input(
+                "grpc_url",
+                "gRPC host:port of the leader Service (deploy's `grpc_endpoint`).",
+                leader_endpoint(spec, spec.serving.service.grpc_port),
+            ),
             Input("tokenizer", "Tokenizer directory (the checkpoint).", tokenizer_dir(spec)),
             Input("out", "Where the benchmark exports go.", f"{c.run_dir(spec)}/{c.BENCHMARK}"),
         ],
@@ -337,6 +342,8 @@ def report(spec: Spec) -> Stage:
         _p("history"),
         "--baseline",
         _p("baseline"),
+        "--run-id",
+        "{{workflow.name}}",  # the run's id in history = the Argo workflow that produced it
     ]
     if spec.reports.fail_on_regression:
         args.append("--fail-on-regression")
@@ -377,11 +384,12 @@ def chart_values_text(spec: Spec) -> str:
     return yaml.safe_dump(chart_values(spec), sort_keys=False)
 
 
-def leader_endpoint(spec: Spec) -> str:
+def leader_endpoint(spec: Spec, port: int | None = None) -> str:
     """Default `url` for stages run alone: the release's leader Service inside the cluster."""
     # The pipeline passes deploy's `endpoint` output instead; this default serves the cron and
     # single-stage runs against an existing release.
-    return f"{leader_service_host(spec.name, spec.cluster.namespace)}:{spec.serving.service.http_port}"
+    host = leader_service_host(spec.name, spec.cluster.namespace)
+    return f"{host}:{port or spec.serving.service.http_port}"
 
 
 def tokenizer_dir(spec: Spec) -> str | None:
