@@ -1,11 +1,13 @@
 """Resumable, verified file transfer in parts: the engine under `steps.download`.
 
-Each file is fetched as a sequence of byte ranges ("parts"). After a part is written and
-flushed, one line (part index + sha256) is appended to the file's journal. A rerun re-hashes
-the journaled parts already on disk, keeps those that match, and fetches only missing or
-wrong parts: an interrupted download re-transfers at most the part that was in flight.
-Whole-file checksums (sha256 always, plus what the source publishes: LFS sha256, git blob
-sha1, S3 md5 ETag) are computed while writing, so no second read pass is needed.
+Each file is fetched as a sequence of byte ranges ("parts"). Whole-file checksums (sha256
+always, plus what the source publishes: LFS sha256, git blob sha1, S3 md5 ETag) are computed
+while writing, so no second read pass is needed. After a part is written and flushed, one line
+is appended to the file's journal: the part index and the sha256 of the file's prefix up to the
+end of that part (a copy of the running whole-file hash, so every byte is hashed only once).
+A rerun re-hashes the journaled parts already on disk in order, keeps each one whose prefix
+digest matches, and fetches only missing or wrong parts: an interrupted download re-transfers
+at most the part that was in flight.
 
 Files go in parallel (one worker per file); the parts of one file go in order, which is what
 lets the whole-file hash be computed on the fly. Sources implement `RangeFetcher`.
@@ -36,6 +38,8 @@ DEFAULT_PART_SIZE = 64 * MIB
 DEFAULT_WORKERS = 8
 PART_ATTEMPTS = 6
 JOURNAL_DIR = "partial"
+# Journals of another format (e.g. per-part digests) are ignored rather than misread.
+JOURNAL_FORMAT = "prefix-sha256"
 
 
 class TransferError(RuntimeError):
@@ -108,14 +112,23 @@ def mismatches(file: RemoteFile, hashers: dict[str, hashlib._Hash]) -> list[str]
 
 
 class PartJournal:
-    """Append-only record of finished parts of one file: `.megapod/partial/<path>.parts`."""
+    """Append-only record of finished parts of one file: `.megapod/partial/<path>.parts`.
+
+    Each record holds the sha256 of the file's bytes from 0 to the end of the part; a part
+    refetched later appends a new record, and the last record of an index wins.
+    """
 
     def __init__(self, root: Path, file: RemoteFile, part_size: int):
         self.path = root / MANIFEST_DIR / JOURNAL_DIR / f"{file.path}.parts"
-        self.header = {"size": file.size, "part_size": part_size, "version": file.version}
+        self.header = {
+            "format": JOURNAL_FORMAT,
+            "size": file.size,
+            "part_size": part_size,
+            "version": file.version,
+        }
 
     def load(self) -> dict[int, str]:
-        """Finished parts (index -> sha256); empty when missing or written for another version."""
+        """Finished parts (index -> prefix sha256); empty when missing or for another version/format."""
         try:
             lines = self.path.read_text().splitlines()
         except OSError:
@@ -126,7 +139,7 @@ class PartJournal:
         for line in lines[1:]:
             try:
                 record = json.loads(line)
-                done[int(record["part"])] = str(record["sha256"])
+                done[int(record["part"])] = str(record["prefix_sha256"])
             except (ValueError, KeyError, TypeError):
                 break  # a torn last line from a kill: ignore it and what follows
         return done
@@ -136,10 +149,10 @@ class PartJournal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.header) + "\n")
 
-    def record(self, index: int, sha256: str) -> None:
+    def record(self, index: int, prefix_sha256: str) -> None:
         """Append one finished part."""
         with self.path.open("a") as handle:
-            handle.write(json.dumps({"part": index, "sha256": sha256}) + "\n")
+            handle.write(json.dumps({"part": index, "prefix_sha256": prefix_sha256}) + "\n")
 
     def remove(self) -> None:
         """Forget the journal (the file is complete)."""
@@ -253,14 +266,12 @@ class PartSink:
     def __init__(self, handle, hashers: dict[str, hashlib._Hash], progress: TransferProgress):
         self._handle = handle
         self._hashers = hashers
-        self._part = hashlib.sha256()
         self._progress = progress
         self.written = 0
 
     def write(self, chunk: bytes) -> int:
         """Write one chunk (file-object protocol, so HTTP clients can stream into it)."""
         self._handle.write(chunk)
-        self._part.update(chunk)
         for hasher in self._hashers.values():
             hasher.update(chunk)
         self.written += len(chunk)
@@ -270,11 +281,6 @@ class PartSink:
     def tell(self) -> int:
         """Bytes written into this part so far."""
         return self.written
-
-    @property
-    def sha256(self) -> str:
-        """sha256 of this part's bytes."""
-        return self._part.hexdigest()
 
 
 def _disk_full(path: Path) -> TransferError:
@@ -360,14 +366,16 @@ class FileTransfer:
         return FileResult(entry, fetched, reused), hashers
 
     def _reuse(self, handle, start: int, end: int, want: str, hashers: dict[str, hashlib._Hash]) -> bool:
-        """Re-hash a journaled part from disk; feed the whole-file hashes only if it is intact."""
+        """Re-hash a journaled part from disk; keep it (and its hashes) only if the prefix digest matches."""
         handle.seek(start)
         data = handle.read(end - start + 1)
-        if len(data) != end - start + 1 or hashlib.sha256(data).hexdigest() != want:
+        candidate = {algo: h.copy() for algo, h in hashers.items()}
+        for hasher in candidate.values():
+            hasher.update(data)
+        if len(data) != end - start + 1 or candidate["sha256"].hexdigest() != want:
             log.info("%s: part at %d is missing or wrong on disk; refetching it", self.file.path, start)
             return False
-        for hasher in hashers.values():
-            hasher.update(data)
+        hashers.update(candidate)
         self.progress.advance(len(data), reused=True)
         return True
 
@@ -396,7 +404,7 @@ class FileTransfer:
                 self._retry_or_raise(exc, attempt, start)
                 continue
             hashers.update(attempt_hashers)
-            self.journal.record(index, sink.sha256)
+            self.journal.record(index, hashers["sha256"].hexdigest())
             return
 
     def _retry_or_raise(self, exc: BaseException, attempt: int, start: int) -> None:

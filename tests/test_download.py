@@ -19,6 +19,7 @@ import pytest
 
 from steps import download as dl
 from steps.manifest import read_manifest
+from steps.transfer import transfer_files
 from tests.support.faultproxy import FaultProxy
 from tests.support.hfhub import HubServer, snapshot
 from tests.support.moto import MotoS3
@@ -179,6 +180,22 @@ def test_corrupted_file_is_detected_and_only_it_refetched(hub, checkpoint, tmp_p
     assert not again.reused
     assert hub.stats.total_body_bytes - before == victim.stat().st_size
     assert tree_digest(again.checkpoint) == tree_digest(checkpoint)
+
+
+def test_journaled_part_corrupted_on_disk_is_refetched_alone(hub, checkpoint, tmp_path):
+    """Resume checks each journaled part (prefix digests): a flipped byte costs one part, not the file."""
+    source = dl.parse_source(f"hf://{REPO}@main")
+    shard = next(f for f in source.listing().files if f.path == "extra/shard-00002.safetensors")
+    transfer_files(tmp_path, [shard], source, label="test", part_size=PART)
+    target = tmp_path / shard.path
+    data = bytearray(target.read_bytes())
+    data[2 * PART + 7] ^= 0xFF  # inside the third part
+    target.write_bytes(bytes(data))
+    before = hub.stats.total_body_bytes
+    [result] = transfer_files(tmp_path, [shard], source, label="test", part_size=PART)
+    assert (result.fetched_parts, result.reused_parts) == (1, shard.size // PART)
+    assert hub.stats.total_body_bytes - before == PART
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == shard.expected["sha256"]
 
 
 def test_token_from_env_only_and_never_logged(checkpoint, tmp_path, monkeypatch, capsys, caplog):

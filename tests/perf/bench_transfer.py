@@ -1,6 +1,6 @@
 """Transfer benchmark (a script, not a test): download and publish throughput vs plain baselines.
 
-    .venv/bin/python tests/perf/bench_transfer.py [--gib 1] [--files 8]
+    .venv/bin/python tests/perf/bench_transfer.py [--gib 1] [--files 8] [--rounds 3] [--only WHAT]
 
 On the same local servers (the HF-Hub stand-in, moto S3) and in the same run it prints:
 - download: steps.download (hf://) vs parallel raw HTTP GETs of the same files (one per file);
@@ -8,17 +8,23 @@ On the same local servers (the HF-Hub stand-in, moto S3) and in the same run it 
 - resume: bytes re-transferred after SIGKILL of `python -m steps.download` at 50%, against the
   target of at most one part per file.
 Targets: ratios >= 0.9x; re-transfer <= files x part size.
+
+The machine is shared and noisy, so baseline and ours run alternately (AB, BA, AB, ...) for
+`--rounds` rounds; each round gives one ratio and the median ratio is the figure reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,37 +81,62 @@ def raw_parallel_get(hub: HubServer, out: Path) -> None:
         list(pool.map(get, files))
 
 
-def bench_download(hub: HubServer, work: Path, total: int) -> float:
-    """Ratio baseline_time / our_time for the hf:// download."""
-    base = timed(lambda: raw_parallel_get(hub, work / "raw"))
-    ours = timed(lambda: dl.download(f"hf://{REPO}@main", work / "ours", progress_interval_s=3600))
+def alternate(
+    name: str, baseline: Callable[[int], None], ours: Callable[[int], None], rounds: int, total: int
+) -> float:
+    """Time baseline and ours alternately (order flipped every round); print and return the median ratio."""
+    ratios, base_times, our_times = [], [], []
+    for i in range(rounds):
+        order = [(baseline, base_times), (ours, our_times)]
+        for fn, times in order if i % 2 == 0 else order[::-1]:
+            times.append(timed(lambda fn=fn, i=i: fn(i)))
+        ratios.append(base_times[-1] / our_times[-1])
+    each = " ".join(f"{r:.2f}" for r in ratios)
     print(
-        f"download  baseline {human_bytes(total / base)}/s  steps.download {human_bytes(total / ours)}/s  "
-        f"ratio {base / ours:.2f}x (target >= 0.9x)"
+        f"{name:9s} baseline {human_bytes(total / statistics.median(base_times))}/s  "
+        f"ours {human_bytes(total / statistics.median(our_times))}/s  "
+        f"median ratio {statistics.median(ratios):.2f}x (rounds: {each}; target >= 0.9x)",
+        flush=True,
     )
-    return base / ours
+    return statistics.median(ratios)
 
 
-def bench_publish(endpoint: str, checkpoint: Path, total: int) -> float:
-    """S3 ratio: plain upload_file per file vs publish_s3 (upload, list/size/ETag checks, pointer)."""
+def bench_download(hub: HubServer, work: Path, total: int, rounds: int) -> float:
+    """Median ratio baseline_time / our_time for the hf:// download."""
+
+    def baseline(i: int) -> None:
+        raw_parallel_get(hub, work / f"raw{i}")
+        shutil.rmtree(work / f"raw{i}")
+
+    def ours(i: int) -> None:
+        dl.download(f"hf://{REPO}@main", work / f"ours{i}", progress_interval_s=3600)
+        shutil.rmtree(work / f"ours{i}")
+
+    return alternate("download", baseline, ours, rounds, total)
+
+
+def bench_publish(endpoint: str, checkpoint: Path, total: int, rounds: int) -> float:
+    """S3 median ratio: plain upload_file per file vs publish_s3 (upload, verification, pointer)."""
     import boto3
 
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     client.create_bucket(Bucket="bench")
     files = sorted(checkpoint.iterdir())
-    base = timed(lambda: [client.upload_file(str(f), "bench", f"plain/{f.name}") for f in files])
     spec = load_spec(ROOT / "workflows" / "examples" / "llama-3.1-405b-p5.yaml")
     staging = checkpoint.parent / "staging"
     staging.mkdir()
     for f in files:
         os.link(f, staging / f.name)
     manifest = Manifest("repository", "bench", "", hash_tree(staging))
-    ours = timed(lambda: publish_s3(staging, "s3://bench/ours", manifest, spec))
-    print(
-        f"publish   baseline {human_bytes(total / base)}/s  steps.publish  {human_bytes(total / ours)}/s  "
-        f"ratio {base / ours:.2f}x (target >= 0.9x)"
-    )
-    return base / ours
+
+    def baseline(i: int) -> None:
+        for f in files:
+            client.upload_file(str(f), "bench", f"plain{i}/{f.name}")
+
+    def ours(i: int) -> None:
+        publish_s3(staging, f"s3://bench/ours{i}", manifest, spec)
+
+    return alternate("publish", baseline, ours, rounds, total)
 
 
 def bench_resume(hub: HubServer, work: Path, total: int, files: int) -> int:
@@ -140,7 +171,8 @@ def bench_resume(hub: HubServer, work: Path, total: int, files: int) -> int:
     bound = files * DEFAULT_PART_SIZE
     print(
         f"resume    killed at {first / total:.0%}; re-transferred {human_bytes(again)} "
-        f"({again / total:.1%} of the checkpoint); target <= one part per file = {human_bytes(bound)}"
+        f"({again / total:.1%} of the checkpoint); target <= one part per file = {human_bytes(bound)}",
+        flush=True,
     )
     return again
 
@@ -150,8 +182,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/ours rounds")
+    parser.add_argument("--only", choices=("download", "resume", "publish"), action="append")
     args = parser.parse_args()
     total = int(args.gib * 1024**3) // args.files * args.files
+    only = set(args.only or ("download", "resume", "publish"))
     os.environ.update(CREDENTIALS)
     with tempfile.TemporaryDirectory(prefix="megapod-bench-") as tmp:
         work = Path(tmp)
@@ -161,14 +196,17 @@ def main() -> int:
         with HubServer() as hub:
             hub.add(snapshot(REPO, checkpoint))
             os.environ["HF_ENDPOINT"] = hub.url
-            bench_download(hub, work, total)
-            bench_resume(hub, work, total, args.files)
-        proc, endpoint = start_moto()
-        try:
-            os.environ["AWS_ENDPOINT_URL"] = endpoint
-            bench_publish(endpoint, checkpoint, total)
-        finally:
-            stop(proc)
+            if "download" in only:
+                bench_download(hub, work, total, args.rounds)
+            if "resume" in only:
+                bench_resume(hub, work, total, args.files)
+        if "publish" in only:
+            proc, endpoint = start_moto()
+            try:
+                os.environ["AWS_ENDPOINT_URL"] = endpoint
+                bench_publish(endpoint, checkpoint, total, args.rounds)
+            finally:
+                stop(proc)
     return 0
 
 
