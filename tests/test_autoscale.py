@@ -240,3 +240,18 @@ def test_milestones_without_cluster_still_mark_load_phases(tmp_path: Path) -> No
     assert milestones["load_start"] == 0 and milestones["load_drop"] == 10
     assert milestones["signal_above_target"] == 5
     assert milestones["hpa_scaled_up"] is None and milestones["new_group_ready"] is None
+
+
+def test_hpa_rows_parse_quantities_and_conditions() -> None:
+    """HPA status as the controller writes it: quantities such as '1500m', conditions with reasons;
+    an HPA for another target (e.g. another release) is ignored."""
+    from steps.autoscale.samplers import hpa_rows
+
+    mine = kube.hpa(LWS, LWS, desired=2, current=1, metric="1500m", target="1")
+    mine["status"]["conditions"] = [{"type": "ScalingLimited", "status": "True", "reason": "TooManyReplicas",
+                                     "message": "the desired replica count is more than the maximum"}]
+    other = kube.hpa("other", "other-lws", desired=5, current=5, metric="9", target="1")
+    rows = {(r["series"], r["group"]): r for r in hpa_rows(3.0, [other, mine], LWS)}
+    assert rows[("hpa.metric", "")]["value"] == 1.5 and rows[("hpa.desired", "")]["value"] == 2
+    assert rows[("hpa.condition", "ScalingLimited")]["detail"].startswith("TooManyReplicas:")
+    assert len([r for r in rows if r[0] == "hpa.desired"]) == 1

@@ -183,9 +183,10 @@ def hpa_rows(time_s: float, hpas: list[dict], lws_name: str) -> list[Row]:
         target = (spec.get("metrics") or [{}])[0]
         rows.append(row(time_s, "hpa.metric", _quantity(_metric_value(metric, "current"))))
         rows.append(row(time_s, "hpa.target", _quantity(_metric_value(target, "target"))))
-        limited = [c for c in status.get("conditions", []) if c.get("type") == "ScalingLimited"]
-        if limited and limited[0].get("status") == "True":
-            rows.append(row(time_s, "hpa.limited", 1, detail=limited[0].get("reason", "")))
+        # AbleToScale / ScalingActive / ScalingLimited: 1 = True, with the controller's reason
+        rows += [row(time_s, "hpa.condition", c.get("status") == "True", c.get("type", ""),
+                     f"{c.get('reason', '')}: {c.get('message', '')}".strip(": "))
+                 for c in status.get("conditions", [])]
     return rows
 
 
