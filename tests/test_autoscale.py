@@ -6,7 +6,6 @@ API stand-in in tests/support/kube.py (no kube-apiserver can run here) driven by
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import yaml
 from steps.autoscale.__main__ import kube_client, run
 from steps.autoscale.__main__ import main as autoscale_main
 from steps.autoscale.loadgen import LoadGenerator, LoadPlan, run_load
-from steps.autoscale.samplers import KubeWatcher, PrometheusSampler
+from steps.autoscale.samplers import KubeWatcher
 from tests.support import kube
 from tests.support.prometheus import ScrapeTarget, chart_rule_groups, start_prometheus
 from workflows.chart_values import scaling_series
@@ -100,30 +99,36 @@ def asyncio_run(generator: LoadGenerator):
 # --- Prometheus sampler --------------------------------------------------------------------------
 
 @pytest.mark.integration
-def test_prometheus_sampler_reads_chart_recording_rules(triton_server, tmp_path) -> None:
-    """Real Prometheus scrapes the real tritonserver with the labels the chart's PodMonitor adds and
-    the chart's own recording rules (helm template); the sampler gets the scaling signal per group
-    and the per-leader request rate while load runs."""
-    spec = parse_spec(spec_data([{"name": "hold", "concurrency": 4, "duration_s": 1}]))
+def test_stage_cli_samples_prometheus_with_chart_recording_rules(triton_server, tmp_path) -> None:
+    """`python -m steps.autoscale --kube off --prometheus URL` (the local run's command line): real
+    Prometheus scrapes the real tritonserver with the labels the chart's PodMonitor adds and the
+    chart's own recording rules (helm template); the timeline gets the scaling signal per group and
+    the per-leader request rate while the step's load runs."""
+    data = spec_data([{"name": "hold", "concurrency": 4, "duration_s": 8},
+                      {"name": "drop", "concurrency": 0, "duration_s": 2}])
+    spec = parse_spec(data)
     labels = {"namespace": "default", "lws": LWS, "group_index": "0", "pod": f"{LWS}-0"}
     prometheus = start_prometheus(
         tmp_path / "prom",
         [ScrapeTarget(triton_server.metrics_url.removeprefix("http://").removesuffix("/metrics"), labels)],
         rule_groups=chart_rule_groups(spec, RELEASE))
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
     try:
-        load = threading.Thread(target=run_load, args=(triton_server.http_url, LoadPlan(
-            (stage("hold", 4, 6),), isl=8, osl=8, max_requests=100_000)))
-        load.start()
-        series = scaling_series(spec)
-        prometheus.wait_for(series, timeout_s=30)
-        prometheus.wait_for('rate(nv_inference_request_success{model="ensemble"}[1m]) > 0', timeout_s=30)
-        rows = PrometheusSampler(prometheus.url, series).sample(12.0)
-        load.join()
+        prometheus.wait_for(scaling_series(spec), timeout_s=30)  # rules evaluate before load starts
+        code = autoscale_main(["--spec", str(spec_path), "--url", triton_server.http_url, "--kube", "off",
+                               "--prometheus", prometheus.url, "--out", str(tmp_path / "out")])
     finally:
         prometheus.stop()
-    by_series = {(r["series"], r["group"]): r["value"] for r in rows}
-    assert ("signal", "0") in by_series and by_series[("signal", "0")] >= 0
-    assert by_series[("requests.rate", "0")] > 0
+    assert code == 0
+    timeline = pd.read_parquet(tmp_path / "out" / "timeline.parquet")
+    signal = timeline[timeline["series"] == "signal"]
+    assert set(signal["group"]) == {"0"} and signal["value"].notna().all()
+    rates = timeline[timeline["series"] == "requests.rate"]
+    assert set(rates["group"]) == {"0"} and rates["value"].max() > 0
+    document = json.loads((tmp_path / "out" / "milestones.json").read_text())
+    at = {m["name"]: m["time_s"] for m in document["milestones"]}
+    assert at["load_drop"] == 8 and at["hpa_scaled_up"] is None
 
 
 # --- the whole stage against a scripted cluster --------------------------------------------------
