@@ -40,6 +40,7 @@ GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
 LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 SMOKE_PROMPT = "megapod smoke test"
 SMOKE_TOKENS = 4
+RUN_DIR_VAR = "MEGAPOD_RUN_DIR"  # the local executor's run folder (same for deploy and teardown tasks)
 POLL_S = 1.0  # how often the in-memory watch state is looked at (no API requests)
 
 
@@ -263,6 +264,9 @@ def start_local(spec: Spec, release: str, repository: Path, run_dir: Path, timeo
     if spec.group_size != 1:
         raise DeployError(f"local deploy runs one pod per group; this spec needs {spec.group_size} "
                           "(use tp*pp <= cluster.gpus_per_node for --local)")
+    if not (repository / "ensemble" / "config.pbtxt").is_file():
+        raise DeployError(f"{repository} is not a Triton model repository with an ensemble model; pass "
+                          "--repository (the publish step's output) or fix model.repository in --values")
     ports = spec.serving.service
     install = find_tritonserver()
     pids = pid_file(run_dir, release)
@@ -392,7 +396,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--outputs", type=Path, default=Path("/tmp/outputs"))
     parser.add_argument("--teardown", action="store_true", help="uninstall and wait until the pods are gone")
     parser.add_argument("--local", action="store_true", help="run the group on this machine (cpu-python)")
-    parser.add_argument("--run-dir", type=Path, default=Path("."), help="local mode: where the pid file goes")
+    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get(RUN_DIR_VAR, ".")),
+                        help=f"local mode: where the pid file goes (default: ${RUN_DIR_VAR} or .)")
     parser.add_argument("--repository", type=Path,
                         help="local mode: model repository (default: model.repository in --values)")
     parser.add_argument("--kubeconfig", help="default: in-cluster config, else $KUBECONFIG / ~/.kube/config")
