@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 
 import aiohttp
 
+from steps.contract import SERVED_MODEL
 from workflows.spec import LoadStage, LoadTestSpec
 
-MODEL = "ensemble"  # the TRT-LLM ensemble contract (contracts.md)
 # A response header a proxy or server may set to say which group answered; absent on plain Triton.
 GROUP_HEADER = "x-megapod-group"
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards")
@@ -106,7 +106,7 @@ class LoadGenerator:
 
     def __init__(self, url: str, plan: LoadPlan, *, clock: Callable[[], float] = time.monotonic,
                  on_stage: Callable[[LoadStage, float], None] | None = None) -> None:
-        self.endpoint = f"http://{url.removeprefix('http://')}/v2/models/{MODEL}/generate_stream"
+        self.endpoint = f"http://{url.removeprefix('http://')}/v2/models/{SERVED_MODEL}/generate_stream"
         self.plan = plan
         self.clock = clock
         self.on_stage = on_stage

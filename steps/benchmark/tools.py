@@ -14,9 +14,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from steps.contract import SERVED_MODEL
 from workflows.spec import BenchmarkSpec
 
-ENSEMBLE_MODEL = "ensemble"  # the served model (the TRT-LLM ensemble contract, contracts.md)
 AIPERF = "aiperf"
 GENAI_PERF = "genai-perf"
 TEMPLATE_FILE = "payload_template.json"
@@ -47,7 +47,7 @@ class Target:
 
     http_url: str
     grpc_url: str
-    model: str = ENSEMBLE_MODEL
+    model: str = SERVED_MODEL
 
 
 def plan_sweep(bench: BenchmarkSpec) -> list[PointPlan]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from steps.contract import SERVED_MODEL
+
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 ENSEMBLE_SINGLE_SOURCE = MODELS_DIR / "ensemble_single" / "1" / "model.py"
 DEFAULT_MAX_BATCH_SIZE = 8
@@ -81,7 +83,7 @@ def write_ensemble_single(
     repository: Path,
     model_dir: Path,
     *,
-    name: str = "ensemble",
+    name: str = SERVED_MODEL,
     tokenizer_dir: Path | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
 ) -> Path:
