@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from steps.launcher import checks, sshd
-from steps.launcher.barrier import ssh_probe, wait_for_workers
+from steps.launcher.barrier import LOOPBACK, Probe, colocated_probe, ssh_probe, wait_for_workers
 from steps.launcher.command import LLMAPI_LAUNCH, LaunchPlan, Ports, mpirun_command
-from steps.launcher.group import GroupError, group_from_env
+from steps.launcher.group import Group, GroupError, group_from_env
 from steps.launcher.supervise import (
     Signals,
     descendants,
@@ -67,7 +67,9 @@ def run_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     signals = Signals()
     user = _user()
     runtime = sshd.make_runtime_dir(args.runtime_dir)
-    config = sshd.prepare_worker(args.host_key, args.authorized_keys, runtime, args.ssh_port, user, env)
+    config = sshd.prepare_worker(
+        args.host_key, args.authorized_keys, runtime, args.ssh_port, user, env, args.listen_address
+    )
     _phase(
         "sshd", f"starting {args.sshd} on port {args.ssh_port} for user {user} (keys: {args.authorized_keys})"
     )
@@ -117,6 +119,11 @@ def server_runtime(args: argparse.Namespace) -> ServerRuntime | str:
 def start_checks(args: argparse.Namespace, lws_size: int) -> list[str]:
     """Every start check for this backend; problems as lines."""
     problems = checks.check_world(lws_size, args.gpus_per_node, args.world_size)
+    colocated = args.colocated_ssh_ports
+    if colocated is not None and len(colocated) != lws_size - 1:
+        problems.append(
+            f"--colocated-ssh-ports names {len(colocated)} ports but the group has {lws_size - 1} workers"
+        )
     if args.backend == Backend.TRTLLM_ENGINE:
         engine_dir = args.engine_dir or checks.engine_dir_from_repository(args.model_repository)
         problems += checks.check_engine_dir(engine_dir, args.world_size, args.gpus_per_node)
@@ -130,10 +137,12 @@ def build_plan(
 ) -> LaunchPlan:
     """The launch plan from arguments and the server runtime."""
     tritonserver, rank_env, extra = runtime
+    colocated = args.colocated_ssh_ports is not None
     return LaunchPlan(
         backend=args.backend,
         hosts=tuple(hosts),
-        slots_per_host=args.gpus_per_node,
+        # Pods sharing this host: every rank is a local child of mpirun (no ssh, no remote orted).
+        slots_per_host=args.world_size if colocated else args.gpus_per_node,
         tritonserver=tritonserver,
         model_repository=str(args.model_repository),
         ssh_config=str(ssh_config),
@@ -143,7 +152,20 @@ def build_plan(
         run_as_root=os.geteuid() == 0,
         rank_env=rank_env,
         server_extra_args=extra,
+        bind_address=LOOPBACK if colocated else None,
     )
+
+
+def rank_hosts_and_probe(args: argparse.Namespace, group: Group) -> tuple[list[str], Probe]:
+    """Where mpirun puts ranks and how the barrier reaches each worker's sshd."""
+    if args.colocated_ssh_ports is None:
+        return group.hosts, ssh_probe(args.ssh_port)
+    _phase(
+        "checks",
+        "colocated: the group's pods share this host (no pod network); workers' sshd on "
+        f"{LOOPBACK}, every rank started here, rank 0 bound to {LOOPBACK}",
+    )
+    return ["localhost"], colocated_probe(dict(zip(group.workers, args.colocated_ssh_ports, strict=True)))
 
 
 def drain(mpirun: subprocess.Popen, grace: float, signals: Signals) -> None:
@@ -197,11 +219,12 @@ def run_leader(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     ssh_config = sshd.prepare_leader(args.identity, args.known_hosts, ssh_dir, args.ssh_port, user)
 
     workers = group.workers
+    rank_hosts, probe = rank_hosts_and_probe(args, group)
     _phase(
         "barrier", f"waiting up to {args.barrier_timeout:g}s for {len(workers)} workers: {', '.join(workers)}"
     )
     started = time.monotonic()
-    result = wait_for_workers(workers, ssh_probe(args.ssh_port), args.barrier_timeout, stop=signals.stop)
+    result = wait_for_workers(workers, probe, args.barrier_timeout, stop=signals.stop)
     if result.stopped:
         _phase("stopped", "SIGTERM during the barrier; nothing started")
         return 0
@@ -214,11 +237,11 @@ def run_leader(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 1
     _phase("barrier", f"all {len(workers)} workers accept ssh after {time.monotonic() - started:.2f}s")
 
-    command = mpirun_command(build_plan(args, group.hosts, ssh_config, runtime))
+    command = mpirun_command(build_plan(args, rank_hosts, ssh_config, runtime))
     _phase("launch", shlex.join(command))
     # No stdin: mpirun would otherwise forward the container's stdin to rank 0.
     mpirun = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-    _phase("serving", f"mpirun pid {mpirun.pid}; {args.world_size} ranks on {len(group.hosts)} pods")
+    _phase("serving", f"mpirun pid {mpirun.pid}; {args.world_size} ranks on {len(rank_hosts)} hosts")
     code = serve(mpirun, signals)
     if code is not None:
         log.error(
@@ -244,6 +267,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _port_list(text: str) -> list[int]:
+    """Comma-separated TCP ports (empty for a group without workers)."""
+    try:
+        ports = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of ports") from None
+    if any(not 0 < port < 65536 for port in ports):
+        raise argparse.ArgumentTypeError(f"{text!r}: ports must be 1..65535")
+    return ports
+
+
 def parser() -> argparse.ArgumentParser:
     """Argument parser for both roles (flags as the triton-lws chart passes them)."""
     top = argparse.ArgumentParser(prog="python -m steps.launcher", description=__doc__.splitlines()[0])
@@ -253,6 +287,9 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--authorized-keys", type=Path, default=SSH_DIR / "authorized_keys")
     worker.add_argument("--host-key", type=Path, default=SSH_DIR / "ssh_host_ecdsa_key")
     worker.add_argument("--sshd", default=shutil.which("sshd") or "/usr/sbin/sshd", help="absolute path")
+    worker.add_argument(
+        "--listen-address", default=None, help="sshd ListenAddress (default: every address of the pod)"
+    )
     leader = roles.add_parser("leader", help="wait for workers, run mpirun over the group")
     _common(leader)
     leader.add_argument("--identity", type=Path, default=SSH_DIR / "id_ecdsa", help="ssh client key")
@@ -269,6 +306,14 @@ def parser() -> argparse.ArgumentParser:
     leader.add_argument("--metrics-port", type=int, default=Ports.metrics)
     leader.add_argument(
         "--mpi-interface", default=None, help="only this NIC for MPI (default: not lo,docker0)"
+    )
+    leader.add_argument(
+        "--colocated-ssh-ports",
+        type=_port_list,
+        default=None,
+        metavar="P1,P2,...",
+        help="the pods share this host (local fallback without network namespaces): worker i's sshd "
+        "listens on 127.0.0.1:P_i, every rank runs here, rank 0 binds 127.0.0.1",
     )
     return top
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 FIRST_DELAY_S = 0.05
@@ -70,6 +70,18 @@ def ssh_probe(port: int, timeout: float = CONNECT_TIMEOUT_S) -> Probe:
                 return None
             reason = f"{address[0]}:{port} answered without an SSH banner"
         return reason
+
+    return probe
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def colocated_probe(ports: Mapping[str, int], timeout: float = CONNECT_TIMEOUT_S) -> Probe:
+    """For pods sharing this host (no pod network): each worker's sshd on loopback at its own port."""
+
+    def probe(host: str) -> str | None:
+        return ssh_probe(ports[host], timeout)(LOOPBACK)
 
     return probe
 

@@ -50,6 +50,7 @@ class LaunchPlan:
     run_as_root: bool = False
     rank_env: Mapping[str, str] = field(default_factory=dict)
     server_extra_args: tuple[str, ...] = ()
+    bind_address: str | None = None  # rank 0's HTTP/gRPC/metrics address; None: Triton's 0.0.0.0
 
     @property
     def world_size(self) -> int:
@@ -68,8 +69,11 @@ def server_args(plan: LaunchPlan, rank: int) -> list[str]:
         *plan.server_extra_args,
     ]
     if rank == 0:
+        bind = plan.bind_address
+        addresses = [f"--{kind}-address={bind}" for kind in ("http", "grpc", "metrics")] if bind else []
         return [
             *args,
+            *addresses,
             f"--http-port={plan.ports.http}",
             f"--grpc-port={plan.ports.grpc}",
             "--allow-metrics=true",

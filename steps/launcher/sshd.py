@@ -58,12 +58,16 @@ def session_env(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def render_sshd_config(port: int, runtime_dir: Path, user: str, env: Mapping[str, str]) -> str:
+def render_sshd_config(
+    port: int, runtime_dir: Path, user: str, env: Mapping[str, str], listen_address: str | None = None
+) -> str:
     """sshd_config: the release key only, no passwords, no forwarding, only `user`."""
     # Triton images run as root, and ranks must run as the same user as the leader's mpirun.
     root_login = "prohibit-password" if user == "root" else "no"
     lines = [
         f"Port {port}",
+        # A pod listens on all its addresses; pods sharing one host listen on loopback only.
+        *([f"ListenAddress {listen_address}"] if listen_address else []),
         f"HostKey {runtime_dir / HOST_KEY}",
         f"AuthorizedKeysFile {runtime_dir / AUTHORIZED_KEYS}",
         "PidFile none",
@@ -135,13 +139,19 @@ def make_runtime_dir(parent: Path | None = None) -> Path:
 
 
 def prepare_worker(
-    host_key: Path, authorized_keys: Path, runtime_dir: Path, port: int, user: str, env: Mapping[str, str]
+    host_key: Path,
+    authorized_keys: Path,
+    runtime_dir: Path,
+    port: int,
+    user: str,
+    env: Mapping[str, str],
+    listen_address: str | None = None,
 ) -> Path:
     """Write host key, authorized_keys and sshd_config into `runtime_dir`; return the config path."""
     _private_copy(host_key, runtime_dir, HOST_KEY, "host key")
     _private_copy(authorized_keys, runtime_dir, AUTHORIZED_KEYS, "authorized_keys")
     config = runtime_dir / SSHD_CONFIG
-    config.write_text(render_sshd_config(port, runtime_dir, user, session_env(env)))
+    config.write_text(render_sshd_config(port, runtime_dir, user, session_env(env), listen_address))
     if os.geteuid() == 0:
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     return config
