@@ -9,9 +9,11 @@ LeaderWorkerSet and its pods until the requested groups are Ready, printing each
 tokens. Outputs `endpoint` and `grpc_endpoint`. A timeout names every unready pod with its reason
 and last event. `--teardown` uninstalls the release and waits until its pods are gone.
 
-Local mode (backend cpu-python, or --local): no cluster; the group's rank 0 runs on this machine on
-127.0.0.1 with the spec's ports, its pid recorded in RUN_DIR/deploy/<release>.pid so `--teardown`
-finds it (see /work/notes/local-deploy-interface.md).
+Local mode (backend cpu-python, or --local): no cluster; group 0 runs on this machine through
+steps.localgroup: every pod runs the real launcher with the chart's flags, as a network namespace
+(root) or, where namespaces are not allowed, as a plain local process (output `isolation` says
+which). Its state lives in RUN_DIR/deploy/<release>/ so `--teardown` finds it
+(see /work/notes/local-deploy-interface.md).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import logging
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -40,7 +41,8 @@ GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
 LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 SMOKE_PROMPT = "megapod smoke test"
 SMOKE_TOKENS = 4
-RUN_DIR_VAR = "MEGAPOD_RUN_DIR"  # the local executor's run folder (same for deploy and teardown tasks)
+# The local executor's run folder (same for deploy and teardown tasks); MEGAPOD_RUN_DIR is older.
+RUN_DIR_VARS = ("MEGAPOD_LOCAL_RUN", "MEGAPOD_RUN_DIR")
 POLL_S = 1.0  # how often the in-memory watch state is looked at (no API requests)
 
 
@@ -52,6 +54,7 @@ class DeployError(RuntimeError):
 class Endpoints:
     http: str
     grpc: str
+    isolation: str | None = None  # local mode: "netns" or "processes"
 
 
 # --- helm ----------------------------------------------------------------------------------------
@@ -253,89 +256,25 @@ def smoke_request(grpc_endpoint: str, timeout_s: float = 60.0, model: str = "ens
 
 # --- local mode ----------------------------------------------------------------------------------
 
-def pid_file(run_dir: Path, release: str) -> Path:
-    return run_dir / "deploy" / f"{release}.pid"
-
-
 def start_local(spec: Spec, release: str, repository: Path, run_dir: Path, timeout_s: float) -> Endpoints:
-    """Start the group's rank 0 (tritonserver) on 127.0.0.1 with the spec's ports; record its pid."""
-    from steps.tritonenv import find_tritonserver, stub_environment, tritonserver_args
+    """Start the local group (steps.localgroup) and wait until its leader serves."""
+    from steps.localgroup import LocalGroupError, start_group
 
-    if spec.group_size != 1:
-        raise DeployError(f"local deploy runs one pod per group; this spec needs {spec.group_size} "
-                          "(use tp*pp <= cluster.gpus_per_node for --local)")
     if not (repository / "ensemble" / "config.pbtxt").is_file():
         raise DeployError(f"{repository} is not a Triton model repository with an ensemble model; pass "
                           "--repository (the publish step's output) or fix model.repository in --values")
-    ports = spec.serving.service
-    install = find_tritonserver()
-    pids = pid_file(run_dir, release)
-    pids.parent.mkdir(parents=True, exist_ok=True)
-    if pids.exists() and _alive(int(pids.read_text().split()[0])):
-        raise DeployError(f"{pids} names a running server; run `python -m steps.deploy --teardown` first")
-    log_path = pids.with_suffix(".log")
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(
-            tritonserver_args(repository, ports.http_port, ports.grpc_port, ports.metrics_port,
-                              install=install),
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=stub_environment(install),
-            start_new_session=True)
-    pids.write_text(str(process.pid))
-    endpoints = Endpoints(f"127.0.0.1:{ports.http_port}", f"127.0.0.1:{ports.grpc_port}")
-    deadline = time.monotonic() + timeout_s
-    log.info("group 0: loading (pid %d, log %s)", process.pid, log_path)
-    while not _http_ready(endpoints.http):
-        if process.poll() is not None or time.monotonic() >= deadline:
-            stop_local(run_dir, release)
-            tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
-            state = f"exited with {process.returncode}" if process.returncode is not None else "not ready"
-            raise DeployError(f"local group 0 {state} after {timeout_s:.0f} s: {tail}")
-        time.sleep(0.2)
-    log.info("group 0: ready")
-    return endpoints
-
-
-def stop_local(run_dir: Path, release: str, timeout_s: float = 30.0) -> bool:
-    """Stop the process group named by the pid file; True if something was running."""
-    pids = pid_file(run_dir, release)
-    if not pids.exists():
-        return False
-    pid = int(pids.read_text().split()[0])
-    running = _alive(pid)
-    if running:
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-    pids.unlink()
-    return running
-
-
-def _alive(pid: int) -> bool:
     try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        group = start_group(spec, repository, run_dir, release, timeout_s=timeout_s)
+    except LocalGroupError as exc:
+        raise DeployError(str(exc)) from None
+    return Endpoints(group.endpoint, group.grpc_endpoint, group.isolation)
 
 
-def _http_ready(endpoint: str) -> bool:
-    import urllib.error
-    import urllib.request
+def stop_local(run_dir: Path, release: str) -> bool:
+    """Stop the local group (leader drains first); True if something was running."""
+    from steps.localgroup import stop_group
 
-    try:
-        with urllib.request.urlopen(f"http://{endpoint}/v2/health/ready", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return stop_group(run_dir, release)
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -343,7 +282,10 @@ def _http_ready(endpoint: str) -> bool:
 def write_outputs(outputs: Path, endpoints: Endpoints) -> None:
     """One file per output parameter, no trailing newline (contracts.md)."""
     outputs.mkdir(parents=True, exist_ok=True)
-    for name, value in (("endpoint", endpoints.http), ("grpc_endpoint", endpoints.grpc)):
+    values = {"endpoint": endpoints.http, "grpc_endpoint": endpoints.grpc, "isolation": endpoints.isolation}
+    for name, value in values.items():
+        if value is None:
+            continue
         tmp = outputs / f".{name}.tmp"
         tmp.write_text(value)
         tmp.replace(outputs / name)
@@ -387,6 +329,11 @@ def teardown_cluster(spec: Spec, release: str, timeout_s: float, api_client) -> 
         watcher.stop()
 
 
+def default_run_dir() -> Path:
+    """The local run folder from the executor's environment, else the current directory."""
+    return Path(next((os.environ[var] for var in RUN_DIR_VARS if os.environ.get(var)), "."))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m steps.deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, required=True)
@@ -396,8 +343,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--outputs", type=Path, default=Path("/tmp/outputs"))
     parser.add_argument("--teardown", action="store_true", help="uninstall and wait until the pods are gone")
     parser.add_argument("--local", action="store_true", help="run the group on this machine (cpu-python)")
-    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get(RUN_DIR_VAR, ".")),
-                        help=f"local mode: where the pid file goes (default: ${RUN_DIR_VAR} or .)")
+    parser.add_argument("--run-dir", type=Path, default=default_run_dir(),
+                        help="local mode: where the group's state goes "
+                        f"(default: ${' or $'.join(RUN_DIR_VARS)} or .)")
     parser.add_argument("--repository", type=Path,
                         help="local mode: model repository (default: model.repository in --values)")
     parser.add_argument("--kubeconfig", help="default: in-cluster config, else $KUBECONFIG / ~/.kube/config")

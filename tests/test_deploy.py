@@ -191,8 +191,12 @@ def test_bad_values_file_is_rejected(tmp_path, capsys) -> None:
 
 @pytest.mark.integration
 def test_local_deploy_serves_and_teardown_stops_it(tiny_model, tmp_path) -> None:
-    """Backend cpu-python: deploy starts rank 0 (real tritonserver) on 127.0.0.1 with the spec's
-    ports and a pid file; the outputs point at it; --teardown stops it and frees the port."""
+    """Backend cpu-python: deploy starts the local group through steps.localgroup (the real launcher;
+    network namespaces as root, else plain processes), the outputs point at its leader and say which
+    isolation ran; --teardown (run folder from $MEGAPOD_LOCAL_RUN, as the local executor sets it)
+    stops it and leaves no state."""
+    import os
+
     from steps.cpu_backend.repository import write_ensemble_single
     from tests.support.triton import free_port
 
@@ -204,12 +208,21 @@ def test_local_deploy_serves_and_teardown_stops_it(tiny_model, tmp_path) -> None
     args = ["--spec", str(spec), "--values", str(values), "--run-dir", str(run_dir),
             "--repository", str(repository), "--outputs", str(outputs)]
     assert deploy_main(args) == 0
+    state_file = run_dir / "deploy" / RELEASE / "state.json"
     try:
-        assert (outputs / "endpoint").read_text() == f"127.0.0.1:{ports[0]}"
-        assert (run_dir / "deploy" / f"{RELEASE}.pid").exists()
+        isolation = (outputs / "isolation").read_text()
+        assert isolation == ("netns" if os.geteuid() == 0 else "processes")
+        host = (outputs / "endpoint").read_text().rsplit(":", 1)[0]
+        assert (outputs / "endpoint").read_text() == f"{host}:{ports[0]}"
+        assert (outputs / "grpc_endpoint").read_text() == f"{host}:{ports[1]}"
+        assert json.loads(state_file.read_text())["isolation"] == isolation
         assert smoke_request((outputs / "grpc_endpoint").read_text()) >= 1
     finally:
-        assert deploy_main(["--spec", str(spec), "--teardown", "--run-dir", str(run_dir)]) == 0
-    assert not (run_dir / "deploy" / f"{RELEASE}.pid").exists()
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MEGAPOD_LOCAL_RUN", str(run_dir))
+            assert deploy_main(["--spec", str(spec), "--teardown"]) == 0
+    assert not state_file.exists()
     with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", ports[0])) != 0
+        probe.settimeout(1)
+        assert probe.connect_ex((host, ports[0])) != 0
+    assert deploy_main(["--spec", str(spec), "--teardown", "--run-dir", str(run_dir)]) == 0  # idempotent
