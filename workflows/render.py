@@ -12,6 +12,7 @@ from workflows.spec import Spec
 
 WORKFLOWS_DIR = "workflows"
 CHART_VALUES_FILE = "chart-values.yaml"
+RBAC_FILE = "rbac.yaml"
 
 
 def rendered_documents(spec: Spec) -> dict[str, str]:
@@ -31,6 +32,13 @@ def chart_values_yaml(spec: Spec) -> str:
     return chart_values_text(spec)
 
 
+def rbac_yaml(spec: Spec) -> str:
+    """ServiceAccounts, Roles and bindings the pipeline's pods run with (workflows/rbac.py)."""
+    from workflows.rbac import rbac_yaml as render_rbac
+
+    return render_rbac(spec)
+
+
 def _write_atomically(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,15 +48,16 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def render_to_dir(spec: Spec, out: Path) -> list[Path]:
-    """Write out/workflows/<kind>-<name>.yaml for every document and out/chart-values.yaml.
+    """Write out/rbac.yaml, out/workflows/<kind>-<name>.yaml for every document and out/chart-values.yaml.
 
     Everything is rendered in memory first: a failure leaves nothing new behind.
-    Returns the written paths, documents in apply order, chart values last.
+    Returns the written paths in apply order (RBAC, then the documents), chart values last.
     """
-    files = {Path(WORKFLOWS_DIR) / name: text for name, text in rendered_documents(spec).items()}
+    files = {Path(RBAC_FILE): rbac_yaml(spec)}
+    files.update({Path(WORKFLOWS_DIR) / name: text for name, text in rendered_documents(spec).items()})
     files[Path(CHART_VALUES_FILE)] = chart_values_yaml(spec)
     for text in files.values():
-        yaml.safe_load(text)  # a document that does not parse back is a bug: fail before writing
+        list(yaml.safe_load_all(text))  # a document that does not parse back is a bug: fail before writing
     written = []
     for relative, text in files.items():
         _write_atomically(out / relative, text)

@@ -115,6 +115,10 @@ class FakeKubeAPI:
     def request_count(self, since: float = 0.0) -> int:
         return sum(1 for t, _, _ in self.requests if t >= since)
 
+    def api_calls(self) -> list[ApiCall]:
+        """Every request so far as the authorizer would see it (verb, group, resource, namespace)."""
+        return [request_attributes(method, path) for _, method, path in self.requests]
+
     def _call(self, fn, *args):
         async def run():
             return fn(*args)
@@ -227,6 +231,50 @@ class FakeKubeAPI:
         finally:
             self._watches.remove(watch)
         return response
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """The attributes kube-apiserver's RBAC authorizer decides on (RequestInfo), for one request.
+
+    `resource` includes a subresource ("pods/exec"); `namespace` is None for cluster-scoped calls;
+    a path that is not a resource (/version, /openapi/v2) has group None and the path as resource."""
+
+    verb: str
+    group: str | None
+    resource: str
+    namespace: str | None = None
+    name: str | None = None
+
+
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
+
+
+def request_attributes(method: str, path_qs: str) -> ApiCall:
+    """Map an HTTP request to its RBAC attributes the way kube-apiserver does (any path, not
+    only the ones this stand-in serves, so an unexpected call is still checked)."""
+    path, _, query = path_qs.partition("?")
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"] and len(parts) >= 3:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 4:
+        group, rest = parts[1], parts[3:]
+    else:
+        return ApiCall(method.lower(), None, path)
+    namespace = None
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    resource, name = rest[0], rest[1] if len(rest) > 1 else None
+    if len(rest) > 2:
+        resource = f"{resource}/{rest[2]}"
+    params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+    if method == "GET":
+        verb = "get" if name else ("watch" if params.get("watch") in ("1", "true") else "list")
+    elif method == "DELETE":
+        verb = "delete" if name else "deletecollection"
+    else:
+        verb = _VERBS.get(method, method.lower())
+    return ApiCall(verb, group, resource, namespace, name)
 
 
 def _now() -> str:

@@ -20,6 +20,7 @@ from hera.workflows.models import ValueFrom
 from workflows.argo import common as c
 from workflows.argo import pod
 from workflows.chart_values import chart_values, default_repository, leader_service_host
+from workflows.rbac import deployer_account, runner_account
 from workflows.spec import Backend, Spec
 
 # Deadlines for stages whose length the spec does not bound (seconds).
@@ -76,6 +77,14 @@ class Stage:
     outputs: list[str] = field(default_factory=list)
     deadline_s: int = 3600
     pod: dict[str, Any] = field(default_factory=dict)  # extra Container keyword arguments
+    # True: runs as the deployer identity (helm, Kubernetes watches); False: the runner, whose
+    # token can do nothing but report outputs to Argo (workflows/rbac.py).
+    kubernetes_api: bool = False
+
+    def service_account(self, spec: Spec) -> str:
+        """The template's serviceAccountName: each template states its identity, so a workflow
+        submitted with another account still runs deploy as the deployer and the rest as the runner."""
+        return deployer_account(spec) if self.kubernetes_api else runner_account(spec)
 
     def container(self, spec: Spec, template_name: str | None = None) -> Container:
         """The container template (named after the stage unless `template_name` is given)."""
@@ -95,6 +104,7 @@ class Stage:
             ]
             + artifacts,
             active_deadline_seconds=str(self.deadline_s),
+            service_account_name=self.service_account(spec),
             **settings,
         )
 
@@ -261,6 +271,7 @@ def deploy(spec: Spec) -> Stage:
         outputs=["endpoint", "grpc_endpoint"],
         deadline_s=spec.serving.startup_timeout_s + HELM_MARGIN_S,
         pod={"retry_strategy": pod.retry(2, "Always"), "volumes": None, "raw_inputs": [values]},
+        kubernetes_api=True,
     )
 
 
@@ -275,6 +286,7 @@ def teardown(spec: Spec) -> Stage:
         inputs=[Input("release", "Helm release name.", spec.name)],
         deadline_s=TEARDOWN_DEADLINE_S,
         pod={"retry_strategy": pod.retry(3, "Always"), "volumes": None},
+        kubernetes_api=True,
     )
 
 
@@ -297,6 +309,7 @@ def autoscale_test(spec: Spec) -> Stage:
         ],
         # No retry: a second load test after a failed one measures a different, warmed-up system.
         deadline_s=spec.loadtest.duration_s + LOADTEST_MARGIN_S,
+        kubernetes_api=True,  # watches the LWS, its pods, the HPA and (if allowed) nodes
     )
 
 
