@@ -59,7 +59,7 @@ def render(
     spec: SpecArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("out"),
 ) -> None:
-    """Write every WorkflowTemplate, the pipeline, the CronWorkflow and chart-values.yaml."""
+    """Write every WorkflowTemplate, the pipeline, the CronWorkflow, chart-values.yaml and rbac.yaml."""
     from workflows.render import render_to_dir
 
     written = render_to_dir(load(spec), out)
