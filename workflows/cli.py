@@ -101,10 +101,16 @@ def templates_apply(spec: SpecArg) -> None:
     """Create or update every WorkflowTemplate and the CronWorkflow on the Argo Server."""
     from workflows.submit import SubmitError, apply_templates
 
+    loaded = load(spec)
     try:
-        apply_templates(load(spec))
+        apply_templates(loaded)
     except SubmitError as exc:
         raise fail(str(exc)) from None
+    # The Argo Server cannot create RBAC; say once what the templates expect to exist.
+    typer.echo(
+        f"note: the templates run as ServiceAccount {loaded.cluster.service_account} (and its -deployer); "
+        f"create them once with `megapod render {spec} --out DIR && kubectl apply -f DIR/rbac.yaml`"
+    )
 
 
 @app.command()
