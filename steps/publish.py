@@ -364,8 +364,6 @@ def publish_directory(staging: Path, dest: Path, manifest: Manifest) -> str:
 
 def publish_s3(staging: Path, uri: str, manifest: Manifest, spec: Spec) -> str:
     """Upload under s3://bucket/prefix/<digest>/, verify every object, then write the pointer."""
-    from boto3.s3.transfer import TransferConfig
-
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     if not bucket:
         raise PublishError(f"{uri}: missing bucket; use s3://bucket/prefix")
@@ -374,11 +372,9 @@ def publish_s3(staging: Path, uri: str, manifest: Manifest, spec: Spec) -> str:
     root = f"{prefix.strip('/')}/{manifest.digest()[:20]}".lstrip("/")
     write_manifest(staging, manifest)
     entries = {**{e.path: e for e in manifest.files}, **_manifest_entry(staging)}
-    config = TransferConfig(max_concurrency=8)
     pending = dict(entries)
     for attempt in range(1, 4):
-        for rel in pending:
-            client.upload_file(str(staging / rel), bucket, f"{root}/{rel}", Config=config)
+        _upload_together(client, staging, bucket, root, list(pending))
         pending = _unverified(client, bucket, root, entries, staging)
         if not pending:
             break
@@ -395,6 +391,20 @@ def publish_s3(staging: Path, uri: str, manifest: Manifest, spec: Spec) -> str:
         ContentType="application/json",
     )
     return pointer["repository"]
+
+
+def _upload_together(client, staging: Path, bucket: str, root: str, rels: list[str]) -> None:
+    """Upload files through one transfer manager (boto3's default part size and concurrency).
+
+    All files are submitted at once, so the manager's threads stay busy across file boundaries
+    instead of idling through each file's last parts and its CompleteMultipartUpload.
+    """
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+    with create_transfer_manager(client, TransferConfig()) as manager:
+        futures = [manager.upload(str(staging / rel), bucket, f"{root}/{rel}") for rel in rels]
+        for future in futures:
+            future.result()
 
 
 def _manifest_entry(staging: Path) -> dict[str, FileEntry]:
