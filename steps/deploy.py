@@ -371,7 +371,11 @@ def main(argv: list[str] | None = None) -> int:
                 stopped = stop_local(args.run_dir, release)
                 log.info("teardown: %s", "stopped the local group" if stopped else "nothing was running")
                 return 0
-            repository = args.repository or Path(values["model"]["repository"])
+            from steps.localgroup.group import pod_volume_path
+
+            # the pods' view of the model volume, as the chart mounts it, is a run-folder directory
+            repository = pod_volume_path(values, args.repository or Path(values["model"]["repository"]),
+                                         args.run_dir)
             write_outputs(args.outputs, start_local(spec, release, repository, args.run_dir, timeout))
             return 0
         from steps.autoscale.__main__ import kube_client

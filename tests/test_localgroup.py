@@ -22,7 +22,7 @@ import pytest
 from steps.launcher.__main__ import parser as launcher_parser
 from steps.launcher.command import LaunchPlan, mpirun_command
 from steps.launcher.supervise import cmdline
-from steps.localgroup import NETNS, PROCESSES, read_state, start_group, stop_group
+from steps.localgroup import NETNS, PROCESSES, LocalGroupError, read_state, start_group, stop_group
 from steps.localgroup.group import _marked_pids, pod_names, requested_isolation
 from steps.localgroup.keys import secret_file_names, write_release_keys
 from steps.localgroup.launch import leader_args, worker_args
@@ -235,3 +235,36 @@ def test_process_fallback_serves_streamed_tokens_and_stops_clean(
         assert_serves_then_stops(info, tmp_path, release)
     finally:
         stop_group(tmp_path, release, grace_s=0)
+
+
+def test_model_volume_paths_map_to_the_run_folders_claim(tmp_path: Path) -> None:
+    """The chart mounts the model PVC at model.mountPath; locally that claim is RUN/volumes/<claim>."""
+    from steps.localgroup.group import pod_volume_path
+
+    values = chart_values(load_spec(TINY_LOCAL))
+    repository = Path(values["model"]["repository"])
+    assert pod_volume_path(values, repository, tmp_path) == repository  # no local volume: unchanged
+    claim = tmp_path / "volumes" / values["model"]["volumeClaim"]
+    claim.mkdir(parents=True)
+    relative = repository.relative_to(values["model"]["mountPath"])
+    assert pod_volume_path(values, repository, tmp_path) == claim / relative
+    assert pod_volume_path(values, Path("/elsewhere/repo"), tmp_path) == Path("/elsewhere/repo")
+
+
+@pytest.mark.integration
+@needs_mpirun
+def test_group_that_cannot_serve_fails_naming_why_and_leaves_nothing(
+    tiny_local_spec, published: Path, tmp_path: Path
+) -> None:
+    """A repository with a directory Triton cannot load: rank 0 exits, start_group raises one line
+    carrying Triton's reason, and the namespaces/processes it created are gone."""
+    broken = tmp_path / "repository"
+    shutil.copytree(published, broken)
+    (broken / "not_a_model").mkdir()
+    with pytest.raises(LocalGroupError, match=r"leader .* exited .*failed to load all models"):
+        start_group(tiny_local_spec, broken, tmp_path, "broken", timeout_s=120)
+    stopped = json.loads((tmp_path / "deploy" / "broken" / "state.stopped.json").read_text())
+    if stopped["network"]:
+        assert not set(stopped["network"]["namespaces"]) & existing_namespaces()
+    assert not _marked_pids(stopped["token"])
+    assert read_state(tmp_path, "broken") is None

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -27,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from steps.localgroup.keys import write_release_keys
 from steps.localgroup.launch import leader_args, lws_env, replace_option, worker_args
@@ -46,6 +47,9 @@ LOOPBACK = "127.0.0.1"
 READY_POLL_S = 0.5
 STOP_MARGIN_S = 10.0  # beyond the grace period: the launcher's own mpirun stop and exit
 LOG_TAIL_LINES = 5
+TAG = re.compile(r"\[\d+,\d+\]<std(?:out|err)>:")  # mpirun --tag-output prefixes
+ERROR_LINE = re.compile(r"^E\d{4} |\berror\b", re.IGNORECASE)
+VOLUMES_DIR = "volumes"  # the local executor's RUN_DIR/volumes/<claimName>/
 
 # Popen objects of processes started by this interpreter, so they are reaped (not zombies).
 _children: dict[int, subprocess.Popen] = {}
@@ -89,6 +93,21 @@ def pod_names(lws: str, size: int, group_index: int = 0) -> list[str]:
     """LWS pod names of one group: leader `<lws>-<g>`, workers `<lws>-<g>-<i>`."""
     leader = f"{lws}-{group_index}"
     return [leader, *(f"{leader}-{index}" for index in range(1, size))]
+
+
+def pod_volume_path(values: dict, path: Path, run_dir: Path) -> Path:
+    """Where a path the pods see on the model volume lives locally.
+
+    The chart mounts PVC `model.volumeClaim` at `model.mountPath` in every pod; the local executor
+    keeps each claim at RUN_DIR/volumes/<claim>/ (workflows/local/engine.py). Paths elsewhere, or
+    without that folder, are returned unchanged.
+    """
+    model = values["model"]
+    local_volume = Path(run_dir) / VOLUMES_DIR / str(model["volumeClaim"])
+    mount = PurePosixPath(str(model["mountPath"]))
+    if not local_volume.is_dir() or not PurePosixPath(str(path)).is_relative_to(mount):
+        return Path(path)
+    return local_volume / PurePosixPath(str(path)).relative_to(mount)
 
 
 def requested_isolation(isolation: str | None) -> str:
@@ -185,11 +204,16 @@ def _http_ready(endpoint: str) -> bool:
 
 
 def _tail(path: str) -> str:
+    """Why a pod failed, on one line: its error lines (Triton's E-lines too), then its last lines."""
     try:
-        lines = Path(path).read_text(errors="replace").strip().splitlines()
+        text = Path(path).read_text(errors="replace")
     except OSError:
         return "(no log)"
-    return " | ".join(lines[-LOG_TAIL_LINES:])
+    lines = [TAG.sub("", line).strip() for line in text.splitlines()]
+    telling = [line for line in lines if line and not line.startswith(("|", "+", "-"))]
+    errors = [line for line in telling if ERROR_LINE.search(line)][-LOG_TAIL_LINES:]
+    last = [line for line in telling[-LOG_TAIL_LINES:] if line not in errors]
+    return " | ".join([*errors, *last])
 
 
 def _open_network(lws: str, spec: Spec, names: list[str], wanted: str) -> PodNetwork | None:
@@ -339,16 +363,17 @@ def _launch(
 
 def _wait_ready(info: GroupInfo, state: dict, timeout_s: float) -> None:
     """Poll the leader's /v2/health/ready (through the host veth in netns mode); fail fast on exits."""
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
     log.info("[ready] waiting up to %.0fs for %s/v2/health/ready", timeout_s, info.endpoint)
     while not _http_ready(info.endpoint):
         dead = [p for p in info.processes if not _alive(p)]
-        if dead or time.monotonic() >= deadline:
+        elapsed = time.monotonic() - started
+        if dead or elapsed >= timeout_s:
             what = f"{', '.join(f'{p.role} {p.pod}' for p in dead)} exited" if dead else "not ready"
-            tails = "; ".join(f"{p.pod}: {_tail(p.log)}" for p in info.processes)
-            raise LocalGroupError(
-                f"local group {what} after {timeout_s:.0f}s ({state['isolation']}): {tails}"
-            )
+            # the leader's log says why (mpirun, rank 0); a dead worker's own log says why it died
+            telling = [p for p in info.processes if p.role == "leader" or p in dead]
+            tails = "; ".join(f"{p.pod}: {_tail(p.log)}" for p in telling)
+            raise LocalGroupError(f"local group {what} after {elapsed:.0f}s ({state['isolation']}): {tails}")
         time.sleep(READY_POLL_S)
     log.info("[ready] %s serves at %s (isolation %s)", info.leader_fqdn, info.endpoint, info.isolation)
 
