@@ -261,7 +261,7 @@ def test_group_that_cannot_serve_fails_naming_why_and_leaves_nothing(
     broken = tmp_path / "repository"
     shutil.copytree(published, broken)
     (broken / "not_a_model").mkdir()
-    with pytest.raises(LocalGroupError, match=r"leader .* exited .*failed to load all models"):
+    with pytest.raises(LocalGroupError, match=r"leader .* exited .*'not_a_model'.*failed to load all models"):
         start_group(tiny_local_spec, broken, tmp_path, "broken", timeout_s=120)
     stopped = json.loads((tmp_path / "deploy" / "broken" / "state.stopped.json").read_text())
     if stopped["network"]:

@@ -49,6 +49,8 @@ STOP_MARGIN_S = 10.0  # beyond the grace period: the launcher's own mpirun stop 
 LOG_TAIL_LINES = 5
 TAG = re.compile(r"\[\d+,\d+\]<std(?:out|err)>:")  # mpirun --tag-output prefixes
 ERROR_LINE = re.compile(r"^E\d{4} |\berror\b", re.IGNORECASE)
+# Errors every CPU-only tritonserver logs at start (no GPU driver): never the reason it failed.
+CPU_NOISE = re.compile(r"CUDA|NVML|DCGM|CudaDriverHelper")
 VOLUMES_DIR = "volumes"  # the local executor's RUN_DIR/volumes/<claimName>/
 
 # Popen objects of processes started by this interpreter, so they are reaped (not zombies).
@@ -211,7 +213,8 @@ def _tail(path: str) -> str:
         return "(no log)"
     lines = [TAG.sub("", line).strip() for line in text.splitlines()]
     telling = [line for line in lines if line and not line.startswith(("|", "+", "-"))]
-    errors = [line for line in telling if ERROR_LINE.search(line)][-LOG_TAIL_LINES:]
+    errors = [line for line in telling if ERROR_LINE.search(line) and not CPU_NOISE.search(line)]
+    errors = errors[-LOG_TAIL_LINES:]
     last = [line for line in telling[-LOG_TAIL_LINES:] if line not in errors]
     return " | ".join([*errors, *last])
 
