@@ -268,3 +268,21 @@ def test_group_that_cannot_serve_fails_naming_why_and_leaves_nothing(
         assert not set(stopped["network"]["namespaces"]) & existing_namespaces()
     assert not _marked_pids(stopped["token"])
     assert read_state(tmp_path, "broken") is None
+
+
+def test_without_root_auto_falls_back_to_processes_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not root: auto picks plain processes with a log line naming why; netns asked for is an error."""
+    from steps.localgroup.group import _open_network
+
+    spec = load_spec(TINY_LOCAL)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    names = pod_names("x", 2)
+    with caplog.at_level("INFO", logger="megapod.localgroup"):
+        assert _open_network("x", spec, names, "auto") is None
+    assert "[isolation] processes: network namespaces unavailable (network namespaces need root" in (
+        caplog.text
+    )
+    with pytest.raises(LocalGroupError, match="asked for but are unavailable"):
+        _open_network("x", spec, names, NETNS)

@@ -122,6 +122,9 @@ class PodNetwork:
                 self._write_hosts(pod)
             if host_access:
                 self._add_host_veth()
+        except subprocess.CalledProcessError as exc:
+            self.close()
+            raise NetnsUnavailable(f"`{' '.join(exc.cmd)}` failed: {(exc.stderr or '').strip()}") from None
         except BaseException:
             self.close()
             raise
