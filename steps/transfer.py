@@ -270,17 +270,13 @@ class PartSink:
         self.written = 0
 
     def write(self, chunk: bytes) -> int:
-        """Write one chunk (file-object protocol, so HTTP clients can stream into it)."""
+        """Write one chunk at the next position of the part, feeding the running hashes."""
         self._handle.write(chunk)
         for hasher in self._hashers.values():
             hasher.update(chunk)
         self.written += len(chunk)
         self._progress.advance(len(chunk))
         return len(chunk)
-
-    def tell(self) -> int:
-        """Bytes written into this part so far."""
-        return self.written
 
 
 def _disk_full(path: Path) -> TransferError:

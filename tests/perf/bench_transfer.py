@@ -82,14 +82,25 @@ def raw_parallel_get(hub: HubServer, out: Path) -> None:
 
 
 def alternate(
-    name: str, baseline: Callable[[int], None], ours: Callable[[int], None], rounds: int, total: int
+    name: str,
+    baseline: Callable[[int], None],
+    ours: Callable[[int], None],
+    rounds: int,
+    total: int,
+    cleanup: Callable[[], None] = lambda: None,
 ) -> float:
-    """Time baseline and ours alternately (order flipped every round); print and return the median ratio."""
+    """Time baseline and ours alternately (order flipped every round); print and return the median ratio.
+
+    After each timed run, untimed: `cleanup` and a sync, so one run's deletions and dirty pages
+    are not paid for by the next.
+    """
     ratios, base_times, our_times = [], [], []
     for i in range(rounds):
         order = [(baseline, base_times), (ours, our_times)]
         for fn, times in order if i % 2 == 0 else order[::-1]:
             times.append(timed(lambda fn=fn, i=i: fn(i)))
+            cleanup()
+            os.sync()
         ratios.append(base_times[-1] / our_times[-1])
     each = " ".join(f"{r:.2f}" for r in ratios)
     print(
@@ -105,14 +116,16 @@ def bench_download(hub: HubServer, work: Path, total: int, rounds: int) -> float
     """Median ratio baseline_time / our_time for the hf:// download."""
 
     def baseline(i: int) -> None:
-        raw_parallel_get(hub, work / f"raw{i}")
-        shutil.rmtree(work / f"raw{i}")
+        raw_parallel_get(hub, work / "raw")
 
     def ours(i: int) -> None:
-        dl.download(f"hf://{REPO}@main", work / f"ours{i}", progress_interval_s=3600)
-        shutil.rmtree(work / f"ours{i}")
+        dl.download(f"hf://{REPO}@main", work / "ours", progress_interval_s=3600)
 
-    return alternate("download", baseline, ours, rounds, total)
+    def cleanup() -> None:
+        shutil.rmtree(work / "raw", ignore_errors=True)
+        shutil.rmtree(work / "ours", ignore_errors=True)
+
+    return alternate("download", baseline, ours, rounds, total, cleanup)
 
 
 def bench_publish(endpoint: str, checkpoint: Path, total: int, rounds: int) -> float:
