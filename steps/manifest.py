@@ -19,6 +19,9 @@ from typing import Any
 
 MANIFEST_DIR = ".megapod"
 MANIFEST_NAME = "manifest.json"
+# Triton loads every subdirectory of a model repository as a model (hidden ones too), so a
+# repository's manifest is a top-level file instead of a .megapod/ directory.
+REPOSITORY_MANIFEST = ".megapod-manifest.json"
 HASH_CHUNK = 4 * 1024 * 1024
 DEFAULT_OUTPUTS = Path("/tmp/outputs")
 
@@ -73,8 +76,13 @@ class Manifest:
 
 
 def manifest_path(directory: Path) -> Path:
-    """Where the manifest of `directory` lives."""
+    """Where the manifest of `directory` lives (checkpoints, engines)."""
     return directory / MANIFEST_DIR / MANIFEST_NAME
+
+
+def repository_manifest_path(directory: Path) -> Path:
+    """Where the manifest of a Triton model repository lives (a file Triton ignores)."""
+    return directory / REPOSITORY_MANIFEST
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -92,17 +100,17 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_manifest(directory: Path, manifest: Manifest) -> Path:
-    """Write the manifest of `directory` last and atomically; returns its path."""
-    path = manifest_path(directory)
+def write_manifest(directory: Path, manifest: Manifest, *, path: Path | None = None) -> Path:
+    """Write the manifest of `directory` (at `path`, default manifest_path) last and atomically."""
+    path = path or manifest_path(directory)
     atomic_write_text(path, json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
     return path
 
 
-def read_manifest(directory: Path) -> Manifest | None:
-    """The manifest of `directory`, or None when it is missing or unreadable (= incomplete)."""
+def read_manifest(directory: Path, *, path: Path | None = None) -> Manifest | None:
+    """The manifest of `directory` (at `path`, default manifest_path), None when missing or unreadable."""
     try:
-        return Manifest.from_json(json.loads(manifest_path(directory).read_text()))
+        return Manifest.from_json(json.loads((path or manifest_path(directory)).read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -117,9 +125,9 @@ def sha256_file(path: Path) -> str:
 
 
 def hash_tree(directory: Path, *, workers: int = 4) -> list[FileEntry]:
-    """FileEntry for every regular file under `directory`, except the manifest dir itself."""
+    """FileEntry for every regular file under `directory`, except the manifests themselves."""
     paths = sorted(
-        p for p in directory.rglob("*") if p.is_file() and MANIFEST_DIR not in p.relative_to(directory).parts
+        p for p in directory.rglob("*") if p.is_file() and not _is_manifest(p.relative_to(directory))
     )
     with ThreadPoolExecutor(max_workers=workers) as pool:
         digests = list(pool.map(sha256_file, paths))
@@ -127,6 +135,10 @@ def hash_tree(directory: Path, *, workers: int = 4) -> list[FileEntry]:
         FileEntry(path=p.relative_to(directory).as_posix(), size=p.stat().st_size, sha256=d)
         for p, d in zip(paths, digests, strict=True)
     ]
+
+
+def _is_manifest(relative: Path) -> bool:
+    return MANIFEST_DIR in relative.parts or relative.as_posix() == REPOSITORY_MANIFEST
 
 
 def verify_files(directory: Path, entries: Iterable[FileEntry], *, workers: int = 4) -> list[str]:

@@ -41,8 +41,8 @@ from steps.manifest import (
     FileEntry,
     Manifest,
     hash_tree,
-    manifest_path,
     read_manifest,
+    repository_manifest_path,
     sha256_file,
     write_manifest,
     write_outputs,
@@ -348,12 +348,12 @@ class Published:
 
 def publish_directory(staging: Path, dest: Path, manifest: Manifest) -> str:
     """Manifest last into the staging dir, then renames: dest is the old or the new repository."""
-    existing = read_manifest(dest)
+    existing = read_manifest(dest, path=repository_manifest_path(dest))
     if existing is not None and existing.digest() == manifest.digest():
         log.info("publish: %s already holds this repository", dest)
         shutil.rmtree(staging)
         return str(dest)
-    write_manifest(staging, manifest)
+    write_manifest(staging, manifest, path=repository_manifest_path(staging))
     old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
     if dest.exists():
         os.replace(dest, old)
@@ -370,7 +370,7 @@ def publish_s3(staging: Path, uri: str, manifest: Manifest, spec: Spec) -> str:
     s3 = spec.cluster.s3
     client = s3_client(s3.endpoint_url if s3 else None, s3.region if s3 else None)
     root = f"{prefix.strip('/')}/{manifest.digest()[:20]}".lstrip("/")
-    write_manifest(staging, manifest)
+    write_manifest(staging, manifest, path=repository_manifest_path(staging))
     entries = {**{e.path: e for e in manifest.files}, **_manifest_entry(staging)}
     pending = dict(entries)
     for attempt in range(1, 4):
@@ -409,7 +409,7 @@ def _upload_together(client, staging: Path, bucket: str, root: str, rels: list[s
 
 def _manifest_entry(staging: Path) -> dict[str, FileEntry]:
     """The manifest itself is uploaded and verified like every other file."""
-    path = manifest_path(staging)
+    path = repository_manifest_path(staging)
     rel = path.relative_to(staging).as_posix()
     return {rel: FileEntry(rel, path.stat().st_size, sha256_file(path))}
 

@@ -5,6 +5,7 @@ are small stand-ins for the serving image's templates."""
 from __future__ import annotations
 
 import hashlib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from steps import publish as p
-from steps.manifest import read_manifest
+from steps.manifest import REPOSITORY_MANIFEST, read_manifest, repository_manifest_path
 from tests.support.faultproxy import FaultProxy
+from tests.support.triton import start_triton
 from workflows.spec import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +180,7 @@ def test_directory_publish_is_atomic_and_idempotent(templates, tmp_path, capsys)
     ]
     assert p.main(argv) == 0
     assert (outputs / "repository").read_text() == str(dest)
-    manifest = read_manifest(dest)
+    manifest = read_manifest(dest, path=repository_manifest_path(dest))
     assert manifest is not None and {f.path for f in manifest.files} >= {
         f"{m}/config.pbtxt" for m in p.MODELS
     }
@@ -224,10 +226,27 @@ def test_s3_publish_survives_5xx_and_is_exact(moto_s3, templates, tmp_path, monk
     client = moto_s3.client()
     root = result.repository.removeprefix(f"s3://{bucket}/")
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"{root}/")["Contents"]]
-    expected = {f.path for f in result.manifest.files} | {".megapod/manifest.json"}
+    expected = {f.path for f in result.manifest.files} | {REPOSITORY_MANIFEST}
     assert sorted(k[len(root) + 1 :] for k in keys) == sorted(expected)
     for entry in result.manifest.files:
         body = client.get_object(Bucket=bucket, Key=f"{root}/{entry.path}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == entry.sha256
     pointer = yaml.safe_load(client.get_object(Bucket=bucket, Key="repos/llama/current.json")["Body"].read())
     assert pointer["repository"] == result.repository
+
+
+@pytest.mark.integration
+def test_published_repository_loads_in_real_tritonserver(tiny_model: Path, tmp_path: Path) -> None:
+    """What publish leaves in place must be servable as is: no stray directory Triton takes for a model."""
+    spec = load_spec(ROOT / "workflows/examples/tiny-local.yaml")
+    dest = tmp_path / "repositories" / spec.name
+    published = p.publish(spec, tiny_model, tiny_model, str(dest))
+    assert Path(published.repository) == dest
+    assert sorted(child.name for child in dest.iterdir() if child.is_dir()) == sorted(p.MODELS)
+    server = start_triton(dest, tmp_path)
+    try:
+        ready = f"http://{server.http_url}/v2/models/ensemble/ready"
+        with urllib.request.urlopen(ready, timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        server.stop()
