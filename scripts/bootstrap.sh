@@ -78,4 +78,4 @@ if [ ! -x "$TOOLS/bin/helm" ]; then
   install -m 0755 "$tmp/layer/helm/helm" "$TOOLS/bin/helm"
   rm -rf "$tmp"
 fi
-log "ready: $("$TOOLS/bin/helm" version --short), $("$TRITON_HOME/bin/tritonserver" --help >/dev/null 2>&1 && echo tritonserver), $(promtool --version 2>&1 | head -1)"
+log "ready: helm $("$TOOLS/bin/helm" version --short), tritonserver in $TRITON_HOME, $(promtool --version 2>&1 | head -1)"
