@@ -3,7 +3,9 @@
 Reads milestones.json, timeline.parquet and requests.parquet from ctx.autoscale_dir and shows:
 the milestones with their delay from load start, the expectations as pass/fail, groups (desired,
 ready) and the scaling signal against its target over time, and TTFT over time with the milestones
-marked. Writes the milestone table as autoscaling.csv next to the report.
+marked. Writes the milestone table as autoscaling.csv next to the report. When the load test ran
+without a cluster, the replica decisions come from the HPA simulator: milestones.json says so
+(`simulation`, flags per milestone and expectation, `simulated` timeline rows) and so does the section.
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ def build_section(ctx: ReportContext) -> Section | None:
     document = _milestones(folder / "milestones.json")
     timeline = _parquet(folder / "timeline.parquet", TIMELINE_COLUMNS)
     requests = _parquet(folder / "requests.parquet", REQUEST_COLUMNS)
-    milestones = pd.DataFrame(document.get("milestones", []), columns=["name", "description", "time_s"])
+    milestones = pd.DataFrame(document.get("milestones", []),
+                              columns=["name", "description", "time_s", "simulated"])
+    milestones["simulated"] = milestones["simulated"].eq(True)  # absent in older documents
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     milestones.to_csv(ctx.out_dir / "autoscaling.csv", index=False)
     marks = {row.name: row.time_s for row in milestones.itertuples() if row.name in MARKED
              and pd.notna(row.time_s)}
     target = ctx.spec.serving.autoscaling.target if ctx.spec is not None else _hpa_target(timeline)
-    parts = [_verdict(document), _milestone_table(milestones), _expectation_table(document)]
+    parts = [_simulation_note(document), _verdict(document), _milestone_table(milestones, document),
+             _expectation_table(document)]
     parts += [_groups_chart(timeline, marks), _signal_chart(timeline, target, marks),
               _latency_chart(requests, marks)]
     markdown = _markdown(milestones, document)
@@ -76,6 +81,17 @@ def _hpa_target(timeline: pd.DataFrame) -> float | None:
     return float(target.iloc[-1]) if len(target) else None
 
 
+def _simulation_note(document: dict) -> str:
+    if not document.get("simulation"):
+        return ""
+    return note(f"No Kubernetes cluster: replicas, groups and nodes are {document['simulation']}. "
+                "The signal, the load and the latencies are measured.", "warn")
+
+
+def _basis(simulated: bool, document: dict) -> str:
+    return str(document.get("simulation")) if simulated else "measured"
+
+
 def _verdict(document: dict) -> str:
     expectations = document.get("expectations", [])
     if not expectations:
@@ -90,12 +106,12 @@ def _outcome(expectation: dict) -> str:
     return f"{expectation['expected']} (observed {expectation['observed']})"
 
 
-def _milestone_table(milestones: pd.DataFrame) -> str:
+def _milestone_table(milestones: pd.DataFrame, document: dict) -> str:
     shown = milestones.assign(
-        delay=milestones["time_s"].map(lambda t: "not reached" if pd.isna(t) else f"{t:.0f} s"))
-    return table(shown[["description", "delay"]].rename(columns={"description": "milestone",
-                                                                 "delay": "from load start"}),
-                 caption="Milestones", numeric=False)
+        delay=milestones["time_s"].map(lambda t: "not reached" if pd.isna(t) else f"{t:.0f} s"),
+        basis=milestones["simulated"].map(lambda simulated: _basis(simulated, document)))
+    columns = {"description": "milestone", "delay": "from load start", "basis": "basis"}
+    return table(shown[list(columns)].rename(columns=columns), caption="Milestones", numeric=False)
 
 
 def _expectation_table(document: dict) -> str:
@@ -103,8 +119,12 @@ def _expectation_table(document: dict) -> str:
     if expectations.empty:
         return ""
     expectations["result"] = expectations["passed"].map({True: "pass", False: "FAIL"})
+    if "simulated" not in expectations:  # documents from before the flag
+        expectations["simulated"] = False
+    expectations["basis"] = expectations["simulated"].eq(True).map(lambda flag: _basis(flag, document))
     classes = {i: "bad" for i, passed in enumerate(expectations["passed"]) if not passed}
-    return table(expectations[["expected", "observed", "result"]], caption="Expectations", classes=classes)
+    return table(expectations[["expected", "observed", "result", "basis"]], caption="Expectations",
+                 classes=classes)
 
 
 def _series(timeline: pd.DataFrame, name: str) -> tuple[list[float], list[float]]:
@@ -112,10 +132,17 @@ def _series(timeline: pd.DataFrame, name: str) -> tuple[list[float], list[float]
     return list(picked.index), list(picked.values)
 
 
+def _label(timeline: pd.DataFrame, label: str, name: str) -> str:
+    """The legend label, marked when the series comes from the HPA simulator."""
+    rows = timeline[timeline["series"] == name]
+    simulated = "simulated" in rows and bool(rows["simulated"].any())
+    return f"{label} (simulated)" if simulated else label
+
+
 def _groups_chart(timeline: pd.DataFrame, marks: dict[str, float]) -> str:
     names = (("HPA desired", "hpa.desired"), ("LWS requested", "lws.replicas"),
              ("groups ready", "lws.ready"), ("nodes ready", "nodes.ready"))
-    lines = {label: _series(timeline, name) for label, name in names}
+    lines = {_label(timeline, label, name): _series(timeline, name) for label, name in names}
     lines = {k: v for k, v in lines.items() if v[0]}
     if not lines:
         return ""
@@ -131,7 +158,7 @@ def _signal_chart(timeline: pd.DataFrame, target: float | None, marks: dict[str,
         lines[f"signal, group {group}"] = (list(frame["time_s"]), list(frame["value"]))
     hpa = _series(timeline, "hpa.metric")
     if hpa[0]:
-        lines["HPA metric (average)"] = hpa
+        lines[_label(timeline, "HPA metric (average)", "hpa.metric")] = hpa
     if not lines:
         return ""
     if target is not None:
@@ -157,11 +184,13 @@ def _latency_chart(requests: pd.DataFrame, marks: dict[str, float]) -> str:
 
 
 def _markdown(milestones: pd.DataFrame, document: dict) -> str:
-    lines = ["| milestone | from load start |", "|---|---|"]
+    lines = [f"Replicas, groups and nodes: {document['simulation']}.\n"] if document.get("simulation") else []
+    lines += ["| milestone | from load start | basis |", "|---|---|---|"]
     for row in milestones.itertuples():
         delay = "not reached" if pd.isna(row.time_s) else f"{row.time_s:.0f} s"
-        lines.append(f"| {row.description} | {delay} |")
+        lines.append(f"| {row.description} | {delay} | {_basis(row.simulated, document)} |")
     for e in document.get("expectations", []):
-        lines.append(f"\n- {'PASS' if e['passed'] else 'FAIL'}: {_outcome(e)}")
+        basis = " [simulated]" if e.get("simulated") else ""
+        lines.append(f"\n- {'PASS' if e['passed'] else 'FAIL'}{basis}: {_outcome(e)}")
     return "\n".join(lines)
 

@@ -128,7 +128,12 @@ def test_stage_cli_samples_prometheus_with_chart_recording_rules(triton_server, 
     assert set(rates["group"]) == {"0"} and rates["value"].max() > 0
     document = json.loads((tmp_path / "out" / "milestones.json").read_text())
     at = {m["name"]: m["time_s"] for m in document["milestones"]}
-    assert at["load_drop"] == 8 and at["hpa_scaled_up"] is None
+    assert at["load_drop"] == 8
+    # no cluster: the HPA simulator decided on the sampled signal (the spec's default 60 s scale-up
+    # window keeps it at one group in 10 s), and says so
+    assert at["hpa_scaled_up"] is None and document["simulation"].startswith("simulated")
+    desired = timeline[timeline["series"] == "hpa.desired"]
+    assert len(desired) > 0 and desired["simulated"].all() and (desired["value"] == 1).all()
 
 
 # --- the whole stage against a scripted cluster --------------------------------------------------

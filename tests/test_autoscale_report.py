@@ -86,3 +86,30 @@ def test_truncated_timeline_is_an_input_error(tmp_path) -> None:
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(InputError, match=r"timeline\.parquet: not a readable parquet"):
         build_section(context(tmp_path, tmp_path / "autoscale"))
+
+
+def test_simulated_replicas_are_labelled_as_such(tmp_path) -> None:
+    """A load test without a cluster (local run): the HPA simulator's milestones, expectation and chart
+    lines say "simulated", with how they were made; measured milestones say "measured". (The spec's
+    default 60 s scale-up window holds the first scale-up until 60 s.)"""
+    from steps.autoscale.simulated import SIMULATED_LABEL, simulated_rows
+
+    rows = [{"time_s": t, "series": "signal", "group": "0", "value": 3.0 if 10 <= t < 80 else 0.0,
+             "detail": ""} for t in range(0, 90, 5)]
+    rows += simulated_rows(SPEC, rows)
+    timeline, requests = timeline_frame(rows, "tiny"), requests_frame([])
+    milestones = derive_milestones(SPEC, timeline, requests)
+    document = milestones_document(milestones, check_expectations(SPEC, timeline, requests, milestones),
+                                   1e9, SIMULATED_LABEL)
+    folder = tmp_path / "autoscale"
+    folder.mkdir()
+    write_parquet(timeline, folder / "timeline.parquet")
+    write_parquet(requests, folder / "requests.parquet")
+    (folder / "milestones.json").write_text(json.dumps(document))
+    section = build_section(context(tmp_path, folder))
+    assert SIMULATED_LABEL in section.html
+    assert f"Replicas, groups and nodes: {SIMULATED_LABEL}" in section.markdown
+    assert f"| HPA raised desired replicas | 60 s | {SIMULATED_LABEL} |" in section.markdown
+    assert "| scaling signal above the HPA target | 10 s | measured |" in section.markdown
+    assert "HPA desired (simulated)" in section.html and "groups ready (simulated)" in section.html
+    assert "- FAIL [simulated]: 2 groups serving within 30 s (observed never (simulated))" in section.markdown

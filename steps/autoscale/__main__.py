@@ -2,7 +2,9 @@
 
 Drives the spec's staged load while sampling the HPA, the LeaderWorkerSet, pods, nodes and
 Prometheus; writes timeline.parquet, requests.parquet and milestones.json to --out; exits 1 when an
-expectation from the spec failed (after writing everything), 2 on bad input.
+expectation from the spec failed (after writing everything), 2 on bad input. Without a Kubernetes
+API (a local run) the HPA simulator decides replicas from the signal sampled in Prometheus
+(steps.autoscale.simulated), and everything derived from it is marked simulated.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from steps.autoscale.loadgen import LoadGenerator, LoadPlan
-from steps.autoscale.milestones import check_expectations, derive_milestones, milestones_document
+from steps.autoscale.milestones import (
+    check_expectations,
+    derive_milestones,
+    is_simulated,
+    milestones_document,
+)
 from steps.autoscale.samplers import (
     KubeWatcher,
     PrometheusSampler,
@@ -30,6 +37,7 @@ from steps.autoscale.samplers import (
     release_lws_name,
     row,
 )
+from steps.autoscale.simulated import SIMULATED_LABEL, simulated_rows
 from steps.autoscale.timeline import requests_frame, timeline_frame, write_parquet
 from workflows.chart_values import chart_values, scaling_series
 from workflows.spec import Spec, SpecError, load_spec
@@ -107,11 +115,13 @@ def run(spec: Spec, url: str, out: Path, *, release: str, kube: KubeWatcher | No
         sampler.stop()
         if kube is not None:
             kube.stop()
+    if kube is None:
+        sampler.rows += simulate_cluster(spec, sampler.rows)
     timeline = timeline_frame(sampler.rows, sampler.lws_name)
     requests = requests_frame(result.rows())
     milestones = derive_milestones(spec, timeline, requests)
     document = milestones_document(milestones, check_expectations(spec, timeline, requests, milestones),
-                                   result.started_at)
+                                   result.started_at, SIMULATED_LABEL if is_simulated(timeline) else None)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(timeline, out / "timeline.parquet")
     write_parquet(requests, out / "requests.parquet")
@@ -119,6 +129,21 @@ def run(spec: Spec, url: str, out: Path, *, release: str, kube: KubeWatcher | No
     tmp.write_text(json.dumps(document, indent=2))
     tmp.replace(out / "milestones.json")
     return document
+
+
+def simulate_cluster(spec: Spec, rows: list[Row]) -> list[Row]:
+    """The HPA simulator's rows on the sampled signal (no cluster to watch), logging its decisions."""
+    simulated = simulated_rows(spec, rows)
+    if not simulated:
+        log.warning("no Kubernetes API and no scaling signal from Prometheus: no replica decisions to show")
+        return []
+    log.info("no Kubernetes API: replicas %s", SIMULATED_LABEL)
+    last = None
+    for r in simulated:
+        if r["series"] == "hpa.desired" and r["value"] != last:
+            log.info("simulated HPA at %.0f s: desired %d groups", r["time_s"], r["value"])
+            last = r["value"]
+    return simulated
 
 
 def kube_client(mode: str, kubeconfig: str | None):
@@ -172,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     document = run(spec, args.url, args.out, release=release, kube=kube, prometheus=prometheus)
     for m in document["milestones"]:
         when = "-" if m["time_s"] is None else f"{m['time_s']:.0f} s"
-        log.info("milestone %-26s %s", m["name"], when)
+        log.info("milestone %-26s %s%s", m["name"], when, " (simulated)" if m["simulated"] else "")
     failed = [e for e in document["expectations"] if not e["passed"]]
     for e in failed:
         print(f"error: expectation {e['name']} failed: expected {e['expected']}, observed {e['observed']}",

@@ -1,7 +1,9 @@
 """Milestones (when each layer reacted, from load start) and the spec's expectations as pass/fail.
 
 Pure functions of the timeline and requests tables, so the same numbers come out of a live run, a
-replayed one, or a test scenario.
+replayed one, or a test scenario. When the timeline's cluster rows are simulated (a run without a
+Kubernetes API, steps.autoscale.simulated), the milestones and expectations derived from them are
+flagged `simulated`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from steps.autoscale.simulated import GROUP_DEMAND
 from steps.autoscale.timeline import series
 from workflows.spec import LoadStage, Spec
 
@@ -26,6 +29,8 @@ MILESTONES = {
     "load_drop": "load dropped",
     "scale_in": "HPA lowered desired replicas",
 }
+# The milestones that come from the cluster's reaction (measured on a cluster, else simulated).
+CLUSTER_MILESTONES = frozenset(MILESTONES) - {"load_start", "signal_above_target", "load_drop"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Milestone:
     name: str
     description: str
     time_s: float | None  # seconds from load start; None = not reached
+    simulated: bool = False  # derived from the HPA simulator's rows, not from a cluster
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class Expectation:
     expected: str
     observed: str
     passed: bool
+    simulated: bool = False  # evaluated on simulated groups
 
 
 def _first(values: pd.Series, predicate) -> float | None:
@@ -64,12 +71,34 @@ def load_drop_s(stages: list[LoadStage]) -> float | None:
     return None
 
 
-def initial_groups(timeline: pd.DataFrame) -> set[str]:
-    """Groups that already had pods at the first sample (the ones deploy brought up)."""
+def is_simulated(timeline: pd.DataFrame) -> bool:
+    """True when the timeline's cluster rows come from the HPA simulator."""
+    return "simulated" in timeline and bool(timeline["simulated"].any())
+
+
+def initial_groups(spec: Spec, timeline: pd.DataFrame) -> set[str]:
+    """Groups serving at load start (the ones deploy brought up).
+
+    Those with pods at the first sample, and every LWS group index below the replica count at the
+    first sample (LWS numbers groups 0..replicas-1 and scales out at the top), else below the spec's
+    minimum replicas, which deploy waited for.
+    """
     pods = timeline[(timeline["series"] == "group.pods") & (timeline["value"] > 0)]
-    if pods.empty:
-        return set()
-    return set(pods[pods["time_s"] == pods["time_s"].min()]["group"])
+    groups = set(pods[pods["time_s"] == pods["time_s"].min()]["group"]) if not pods.empty else set()
+    replicas = series(timeline, "lws.replicas").dropna()
+    if replicas.empty:
+        replicas = series(timeline, "hpa.desired").dropna()
+    count = int(replicas.iloc[0]) if len(replicas) else spec.serving.replicas.min
+    return groups | {str(index) for index in range(count)}
+
+
+def _new_group_mask(labels: pd.Series, start_groups: set[str]) -> pd.Series:
+    """Labels naming a group that was not serving at load start: an LWS group index not among them.
+
+    A label that is no group index (e.g. a bare scrape address) cannot show a new group.
+    """
+    text = labels.astype(str)
+    return text.str.fullmatch(r"\d+") & ~text.isin(start_groups)
 
 
 def derive_milestones(spec: Spec, timeline: pd.DataFrame, requests: pd.DataFrame) -> list[Milestone]:
@@ -81,8 +110,8 @@ def derive_milestones(spec: Spec, timeline: pd.DataFrame, requests: pd.DataFrame
     desired = series(timeline, "hpa.desired")
     if desired.dropna().empty:
         desired = series(timeline, "lws.replicas")
-    start_groups = initial_groups(timeline)
-    new = timeline[~timeline["group"].isin(start_groups) & (timeline["group"] != "")]
+    start_groups = initial_groups(spec, timeline)
+    new = timeline[_new_group_mask(timeline["group"], start_groups)]
     times: dict[str, float | None] = {"load_start": 0.0}
     times["signal_above_target"] = _first(average, lambda v: v > target)
     base = desired.dropna().iloc[0] if len(desired.dropna()) else math.nan
@@ -95,7 +124,9 @@ def derive_milestones(spec: Spec, timeline: pd.DataFrame, requests: pd.DataFrame
     times["load_drop"] = load_drop_s(list(spec.loadtest.stages))
     peak = desired[desired.index >= (times["load_drop"] or math.inf)].max() if len(desired) else math.nan
     times["scale_in"] = _first_after(desired, times["load_drop"], lambda v: v < peak)
-    return [Milestone(name, text, times.get(name)) for name, text in MILESTONES.items()]
+    simulated = is_simulated(timeline)
+    return [Milestone(name, text, times.get(name), simulated and name in CLUSTER_MILESTONES)
+            for name, text in MILESTONES.items()]
 
 
 def _first_time(frame: pd.DataFrame) -> float | None:
@@ -117,13 +148,14 @@ def _new_group_ready(new: pd.DataFrame, group_size: int) -> float | None:
 
 
 def _first_served(new: pd.DataFrame, requests: pd.DataFrame, start_groups: set[str]) -> float | None:
-    """From per-leader request rates (Prometheus), else from groups the server named per request."""
-    rates = new[(new["series"] == "requests.rate") & (new["value"] > 0)]
+    """From a new group's request rate (Prometheus) or the demand the simulator routes to it, else
+    from groups the server named per request."""
+    rates = new[new["series"].isin(["requests.rate", GROUP_DEMAND]) & (new["value"] > 0)]
     if not rates.empty:
         return _first_time(rates)
     if requests.empty:
         return None
-    named = requests[requests["group"].notna() & ~requests["group"].isin(start_groups)
+    named = requests[requests["group"].notna() & _new_group_mask(requests["group"], start_groups)
                      & requests["error"].isna() & (requests["tokens"] > 0)]
     return float(named["start_s"].min()) if not named.empty else None
 
@@ -133,14 +165,16 @@ def check_expectations(spec: Spec, timeline: pd.DataFrame, requests: pd.DataFram
     """The spec's loadtest.expect entries, each with what was observed and pass/fail."""
     expect = spec.loadtest.expect
     at = {m.name: m.time_s for m in milestones}
+    simulated = is_simulated(timeline)
+    basis = " (simulated)" if simulated else ""
     results: list[Expectation] = []
     if expect.groups_serving is not None:
         serving_at = _groups_serving_at(timeline, expect.groups_serving)
         bound = expect.within_s if expect.within_s is not None else spec.loadtest.duration_s
         results.append(Expectation(
             "groups_serving", f"{expect.groups_serving} groups serving within {bound} s",
-            "never" if serving_at is None else f"at {serving_at:.0f} s",
-            serving_at is not None and serving_at <= bound))
+            ("never" if serving_at is None else f"at {serving_at:.0f} s") + basis,
+            serving_at is not None and serving_at <= bound, simulated))
     if expect.p95_ttft_ms is not None:
         start = at.get("hpa_scaled_up") or 0.0
         end = at.get("first_served_by_new_group") or at.get("load_drop") or math.inf
@@ -149,8 +183,9 @@ def check_expectations(spec: Spec, timeline: pd.DataFrame, requests: pd.DataFram
         p95 = float(ttft.quantile(0.95)) if len(ttft) else None
         results.append(Expectation(
             "p95_ttft_ms", f"p95 TTFT <= {expect.p95_ttft_ms:g} ms during scale-up",
-            "no requests" if p95 is None else f"{p95:.0f} ms over {len(ttft)} requests",
-            p95 is not None and p95 <= expect.p95_ttft_ms))
+            ("no requests" if p95 is None else f"{p95:.0f} ms over {len(ttft)} requests")
+            + (" (measured; scale-up window simulated)" if simulated else ""),
+            p95 is not None and p95 <= expect.p95_ttft_ms, simulated))
     return results
 
 
@@ -165,10 +200,11 @@ def _groups_serving_at(timeline: pd.DataFrame, groups: int) -> float | None:
 
 
 def milestones_document(milestones: list[Milestone], expectations: list[Expectation],
-                        started_at: float) -> dict:
-    """The milestones.json content."""
+                        started_at: float, simulation: str | None = None) -> dict:
+    """The milestones.json content; `simulation` says how the simulated entries were made (None: none)."""
     return {
         "load_started_at": started_at,
+        "simulation": simulation,
         "milestones": [asdict(m) for m in milestones],
         "expectations": [asdict(e) for e in expectations],
         "passed": all(e.passed for e in expectations),

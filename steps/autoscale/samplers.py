@@ -5,8 +5,10 @@ on a dropped connection re-watch from the last seen resourceVersion; on 410 Gone
 the API server sees a handful of long requests rather than polls. Every `sample_interval_s` the
 current state is turned into rows. Prometheus is queried over its HTTP API at the same cadence.
 
-Row = {"time_s", "series", "group", "value", "detail"}: `group` is the LWS group index (or the node
-name / leader instance for node and Prometheus series), `detail` carries text such as a pending reason.
+Row = {"time_s", "series", "group", "value", "detail", "simulated"}: `group` is the LWS group index (or
+the node name / leader instance for node and Prometheus series), `detail` carries text such as a
+pending reason, `simulated` marks rows the HPA simulator produced instead of a cluster
+(steps.autoscale.simulated; a local run has no Kubernetes API).
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 Row = dict[str, Any]
 
 
-def row(time_s: float, series: str, value: float | None, group: str = "", detail: str = "") -> Row:
+def row(time_s: float, series: str, value: float | None, group: str = "", detail: str = "",
+        *, simulated: bool = False) -> Row:
     """One timeline row."""
     return {"time_s": time_s, "series": series, "group": group,
-            "value": float("nan") if value is None else float(value), "detail": detail}
+            "value": float("nan") if value is None else float(value), "detail": detail,
+            "simulated": simulated}
 
 
 # --- Kubernetes: watches ---------------------------------------------------------------------------

@@ -61,6 +61,9 @@ class Step:
     metric: float | None
     desired: int
     ready: int
+    # The groups after this sync (index = LWS group index), for callers that chart each group;
+    # not part of the CSV.
+    groups: tuple[Group, ...] = ()
 
 
 def read_signal(path: Path) -> list[tuple[float, float]]:
@@ -110,7 +113,7 @@ def simulate(
         per_group = demand / ready if ready else 0.0
         desired, metric = hpa.desired(now, len(groups), [g.sample(now, per_group) for g in groups])
         groups = groups[:desired] + [Group.start(now, delays) for _ in range(desired - len(groups))]
-        steps.append(Step(now, demand, metric, desired, ready))
+        steps.append(Step(now, demand, metric, desired, ready, tuple(groups)))
     return steps
 
 

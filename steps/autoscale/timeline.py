@@ -1,6 +1,7 @@
 """The timeline: sampler rows and load-generator records as parquet tables.
 
-timeline.parquet: tidy rows `time_s, series, group, value, detail` (time_s since load start).
+timeline.parquet: tidy rows `time_s, series, group, value, detail, simulated` (time_s since load
+start; `simulated` true for rows of the HPA simulator, written when no cluster was there to sample).
 requests.parquet: one row per request (steps.autoscale.loadgen.RequestRecord + start_time epoch).
 Both are written atomically (a temp file renamed into place), so a reader never sees half a table.
 """
@@ -12,17 +13,19 @@ from pathlib import Path
 
 import pandas as pd
 
-TIMELINE_COLUMNS = ["time_s", "series", "group", "value", "detail"]
+TIMELINE_COLUMNS = ["time_s", "series", "group", "value", "detail", "simulated"]
 REQUEST_COLUMNS = ["start_s", "stage", "worker", "ttft_s", "end_s", "tokens", "error", "group", "start_time"]
 
 
 def timeline_frame(rows: list[dict], lws_name: str | None = None) -> pd.DataFrame:
     """Rows as a DataFrame; Prometheus leader labels `<lws>-<index>` become the group index."""
     frame = pd.DataFrame(rows, columns=TIMELINE_COLUMNS)
+    frame["simulated"] = frame["simulated"].eq(True)  # rows without the flag are measured
     if lws_name and not frame.empty:
         leader = re.compile(rf"^{re.escape(lws_name)}-(\d+)$")
         frame["group"] = frame["group"].map(lambda g: m.group(1) if (m := leader.match(str(g))) else g)
-    return frame.astype({"time_s": float, "series": str, "group": str, "value": float, "detail": str})
+    return frame.astype({"time_s": float, "series": str, "group": str, "value": float, "detail": str,
+                         "simulated": bool})
 
 
 def requests_frame(rows: list[dict]) -> pd.DataFrame:
