@@ -14,6 +14,7 @@ from reports.html_util import esc, fmt, key_values, note, table
 from reports.reference import compare_to_reference
 from reports.sections import ReportContext, Section
 from reports.table import PER_GPU_METRIC, SERVER_PREFIX
+from steps.localgroup import NETNS, PROCESSES
 
 DETAIL_STATS = ["avg", "min", "p50", "p90", "p95", "p99", "max"]
 HEADLINE = [  # (metric, stat, column title) for the all-points table
@@ -95,6 +96,21 @@ def overview(ctx: ReportContext) -> Section:
     return Section("overview", "Overview", html, markdown)
 
 
+# What a reader should know about how the pods ran (deploy's isolation); nothing to add on a cluster.
+SERVING_MODE_NOTES = {
+    NETNS: (
+        "Local run: each pod of the group ran on this machine in its own network namespace (its own "
+        "address and hostname), talking over a bridge as pods do over the cluster network.",
+        "info",
+    ),
+    PROCESSES: (
+        "Local run without network isolation: network namespaces were unavailable, so the group's "
+        '"pods" were plain local processes sharing this machine\'s network (loopback, distinct ports).',
+        "warn",
+    ),
+}
+
+
 def configuration(ctx: ReportContext) -> Section:
     """What ran: the deployment's shape and the benchmark's settings."""
     pairs: dict[str, Any] = {"run id": ctx.run_id}
@@ -118,8 +134,14 @@ def configuration(ctx: ReportContext) -> Section:
             pairs.setdefault(key.replace("_", " "), summary[key])
     if ctx.history_location:
         pairs["history"] = ctx.history_location
+    if ctx.serving_mode:
+        pairs["serving mode"] = ctx.serving_mode
     markdown = "\n".join(f"- {k}: {fmt(v)}" for k, v in pairs.items())
-    return Section("configuration", "Configuration", key_values(pairs), markdown)
+    html = key_values(pairs)
+    if ctx.serving_mode in SERVING_MODE_NOTES:
+        text, kind = SERVING_MODE_NOTES[ctx.serving_mode]
+        html, markdown = note(text, kind) + html, f"{text}\n\n{markdown}"
+    return Section("configuration", "Configuration", html, markdown)
 
 
 def _by_sequence(results: pd.DataFrame, metric: str, stat: str) -> dict[str, tuple[list, list]]:

@@ -35,6 +35,7 @@ class Options:
     fail_on_regression: bool = False
     autoscale_dir: Path | None = None
     run_id: str | None = None
+    serving_mode: str | None = None
 
 
 @dataclass
@@ -66,12 +67,26 @@ def parser() -> argparse.ArgumentParser:
         "--autoscale", type=Path, help="autoscale-test output directory (default: found under --input)"
     )
     p.add_argument("--run-id", help="this run's id (default: run.json's, else generated)")
+    p.add_argument(
+        "--serving-mode",
+        help="how the deployment's pods ran (deploy's isolation output): kubernetes, netns or processes",
+    )
     return p
 
 
 def _options(argv: list[str]) -> Options:
     a = parser().parse_args(argv)
-    return Options(a.input, a.out, a.spec, a.history, a.baseline, a.fail_on_regression, a.autoscale, a.run_id)
+    return Options(
+        a.input,
+        a.out,
+        a.spec,
+        a.history,
+        a.baseline,
+        a.fail_on_regression,
+        a.autoscale,
+        a.run_id,
+        a.serving_mode,
+    )
 
 
 def _first_start(points: list[Point]) -> str | None:
@@ -179,6 +194,7 @@ def make_report(opts: Options) -> Outcome:
         history_location=history.get("history_location"),
         history_note=history.get("history_note"),
         problems=tuple(problems),
+        serving_mode=opts.serving_mode,
     )
     sections = _sections(ctx)
     title = f"Benchmark report: {run.name or run.model or 'megapod'}"

@@ -55,6 +55,7 @@ class ReportContext:
     history_location: str | None = None
     history_note: str | None = None
     problems: tuple[str, ...] = ()
+    serving_mode: str | None = None  # deploy's isolation: kubernetes, or netns / processes locally
 
 
 SectionBuilder = Callable[[ReportContext], Section | None]

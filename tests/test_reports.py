@@ -260,6 +260,25 @@ def test_failed_point_is_listed_with_the_tools_error(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("mode", "sentence"),
+    [("processes", '"pods" were plain local processes'), ("netns", "in its own network namespace"),
+     ("kubernetes", None)],
+)  # fmt: skip
+def test_serving_mode_is_in_the_configuration(tmp_path, mode, sentence):
+    """--serving-mode (deploy's isolation): shown in the configuration; a local run without network
+    isolation says plainly that the pods were local processes."""
+    inputs = write_sweep(tmp_path / "in", "aiperf", points=((1, 128, 128),))
+    out = tmp_path / "out"
+    assert report_main(["--input", str(inputs), "--out", str(out), "--serving-mode", mode]) == 0
+    summary, html = (out / "summary.md").read_text(), (out / "report.html").read_text()
+    assert f"- serving mode: {mode}" in summary
+    if sentence is None:
+        assert "Local run" not in summary and "Local run" not in html
+    else:
+        assert sentence in summary and sentence.replace('"', "&quot;") in html
+
+
+@pytest.mark.parametrize(
     ("make_input", "expected"),
     [
         (lambda root: root / "missing", "no such directory"),

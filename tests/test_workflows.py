@@ -144,6 +144,36 @@ def test_pipeline_dag_structure(rendered) -> None:
     assert "--teardown" in teardown_args
 
 
+def test_load_stages_hold_one_mutex_per_deployment(rendered) -> None:
+    """autoscale-test and benchmark both start after deploy but never load the deployment at once:
+    both hold the mutex named after it; no other stage does (deploy and report run in parallel freely)."""
+    for example, name in (("llama-3.1-405b-p5", "llama-405b"), ("tiny-local", "tiny-local")):
+        docs = documents(rendered[example])
+        for stage in STAGES:
+            sync = template(docs[f"{name}-{stage}"], stage).get("synchronization")
+            if stage in ("autoscale-test", "benchmark"):
+                assert sync == {"mutexes": [{"name": f"{name}-load"}]}, (example, stage)
+            else:
+                assert sync is None, (example, stage)
+
+
+def test_deploy_isolation_reaches_the_report(rendered) -> None:
+    """deploy's `isolation` (written only by a local run) defaults to kubernetes on a cluster, and the
+    pipeline hands it to the report as --serving-mode."""
+    docs = documents(rendered["tiny-local"])
+    outputs = template(docs["tiny-local-deploy"], "deploy")["outputs"]["parameters"]
+    isolation = next(p for p in outputs if p["name"] == "isolation")
+    assert isolation["valueFrom"] == {"path": "/tmp/outputs/isolation", "default": "kubernetes"}
+    tasks = {t["name"]: t for t in template(docs["tiny-local-pipeline"], "pipeline")["dag"]["tasks"]}
+    arguments = {p["name"]: p["value"] for p in tasks["report"]["arguments"]["parameters"]}
+    assert arguments["serving_mode"] == "{{tasks.deploy.outputs.parameters.isolation}}"
+    report = template(docs["tiny-local-report"], "report")
+    args = report["container"]["args"]
+    assert args[args.index("--serving-mode") + 1] == "{{inputs.parameters.serving_mode}}"
+    default = next(p for p in report["inputs"]["parameters"] if p["name"] == "serving_mode")
+    assert default["default"] == "kubernetes"  # the cron's report, after no deploy
+
+
 def test_pytorch_backend_skips_build_and_publishes_the_checkpoint(rendered) -> None:
     pipeline = documents(rendered["llama-3.1-70b-pytorch-fp8"])["llama-70b-pt-pipeline"]
     tasks = {t["name"]: t for t in template(pipeline, "pipeline")["dag"]["tasks"]}

@@ -4,6 +4,8 @@
                                                                         +-> benchmark -------+-> report
     exit hook: teardown (unless keep=true)
 
+autoscale-test and benchmark share a mutex (stages.load_mutex), so they run one after the other.
+
 Tasks call the stage WorkflowTemplates by `templateRef` rather than copying their templates:
 each stage then has one definition that also runs alone (DESIGN.md), `megapod templates apply`
 updates a stage for the pipeline and the cron at once, and the UI links each node to its
@@ -17,7 +19,7 @@ from hera.workflows import DAG, Parameter, Task, TaskResult, WorkflowTemplate
 from hera.workflows.models import TemplateRef
 
 from workflows.argo import common as c
-from workflows.argo.stages import skips_build
+from workflows.argo.stages import ISOLATION_OUTPUT, SERVING_MODE, skips_build
 from workflows.spec import Spec
 
 KEEP = "keep"
@@ -73,7 +75,7 @@ def pipeline_template(spec: Spec) -> WorkflowTemplate:
             deploy = stage_task(spec, c.DEPLOY)
             autoscale = stage_task(spec, c.AUTOSCALE_TEST, url=endpoint)
             bench = stage_task(spec, c.BENCHMARK, url=endpoint, grpc_url=grpc_endpoint, tokenizer=tokenizer)
-            report = stage_task(spec, c.REPORT)
+            report = stage_task(spec, c.REPORT, **{SERVING_MODE: c.task_output(c.DEPLOY, ISOLATION_OUTPUT)})
 
             download >> build
             download >> publish

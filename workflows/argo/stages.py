@@ -6,6 +6,9 @@ OUTPUTS_DIR. Each WorkflowTemplate also declares those parameters as workflow ar
 (defaults derived from the spec), so a stage can be submitted alone from the UI or `argo submit
 --from workflowtemplate/<name>-<stage>`; the pipeline and the cron call the same templates by
 `templateRef`, so there is exactly one definition of each.
+
+autoscale-test and benchmark both drive load against the deployment; they hold one mutex named after
+it (`load_mutex`), so each measures only its own traffic although the DAG starts both after deploy.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hera.workflows import Artifact, Container, NoneArchiveStrategy, Parameter, RawArtifact, WorkflowTemplate
-from hera.workflows.models import ValueFrom
+from hera.workflows.models import Mutex, Synchronization, ValueFrom
 
 from workflows.argo import common as c
 from workflows.argo import pod
@@ -34,6 +37,10 @@ LOADTEST_MARGIN_S = 1800  # autoscale-test: settling and scale-down observation 
 BENCHMARK_POINT_MARGIN = 1.25
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+# deploy's `isolation` output where it writes none (a cluster; locally "netns" or "processes").
+ISOLATION_OUTPUT, CLUSTER_ISOLATION = "isolation", "kubernetes"
+SERVING_MODE = "serving_mode"  # the report's input carrying it
 
 # How long cached outputs stay valid: hub revisions such as `@main` move, engines do not.
 DOWNLOAD_CACHE_AGE = "168h"
@@ -75,6 +82,9 @@ class Stage:
     args: list[str]
     inputs: list[Input] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    # Outputs a run may not write, with the value Argo gives them then (valueFrom.default).
+    output_defaults: dict[str, str] = field(default_factory=dict)
+    mutex: str | None = None  # held while the stage runs (synchronization.mutexes)
     deadline_s: int = 3600
     pod: dict[str, Any] = field(default_factory=dict)  # extra Container keyword arguments
     # True: runs as the deployer identity (helm, Kubernetes watches); False: the runner, whose
@@ -100,9 +110,14 @@ class Stage:
             args=self.args,
             inputs=[*c.spec_inputs(), *(i.as_input() for i in self.inputs), *raw_inputs],
             outputs=[
-                Parameter(name=o, value_from=ValueFrom(path=f"{c.OUTPUTS_DIR}/{o}")) for o in self.outputs
+                Parameter(
+                    name=o,
+                    value_from=ValueFrom(path=f"{c.OUTPUTS_DIR}/{o}", default=self.output_defaults.get(o)),
+                )
+                for o in self.outputs
             ]
             + artifacts,
+            synchronization=Synchronization(mutexes=[Mutex(name=self.mutex)]) if self.mutex else None,
             active_deadline_seconds=str(self.deadline_s),
             service_account_name=self.service_account(spec),
             **settings,
@@ -112,6 +127,11 @@ class Stage:
 def _prometheus_args(spec: Spec) -> list[str]:
     """`--prometheus URL` for steps that snapshot server metrics, when the spec names a Prometheus."""
     return ["--prometheus", spec.cluster.prometheus_url] if spec.cluster.prometheus_url else []
+
+
+def load_mutex(spec: Spec) -> str:
+    """The mutex serializing the stages that load the deployment (one per deployment name)."""
+    return c.document_name(spec, "load")
 
 
 def _p(name: str) -> str:
@@ -268,7 +288,9 @@ def deploy(spec: Spec) -> Stage:
                 str(spec.serving.startup_timeout_s),
             ),
         ],
-        outputs=["endpoint", "grpc_endpoint"],
+        outputs=["endpoint", "grpc_endpoint", ISOLATION_OUTPUT],
+        # How the group is isolated: written by a local run only (network namespaces or processes).
+        output_defaults={ISOLATION_OUTPUT: CLUSTER_ISOLATION},
         deadline_s=spec.serving.startup_timeout_s + HELM_MARGIN_S,
         pod={"retry_strategy": pod.retry(2, "Always"), "volumes": None, "raw_inputs": [values]},
         kubernetes_api=True,
@@ -309,6 +331,7 @@ def autoscale_test(spec: Spec) -> Stage:
         ],
         # No retry: a second load test after a failed one measures a different, warmed-up system.
         deadline_s=spec.loadtest.duration_s + LOADTEST_MARGIN_S,
+        mutex=load_mutex(spec),
         kubernetes_api=True,  # watches the LWS, its pods, the HPA and (if allowed) nodes
     )
 
@@ -339,6 +362,7 @@ def benchmark(spec: Spec) -> Stage:
         ],
         # Never retried: a rerun hides the failure that the benchmark exists to show.
         deadline_s=int(points * bench.point_timeout_s * BENCHMARK_POINT_MARGIN),
+        mutex=load_mutex(spec),
     )
 
 
@@ -357,6 +381,8 @@ def report(spec: Spec) -> Stage:
         _p("baseline"),
         "--run-id",
         "{{workflow.name}}",  # the run's id in history = the Argo workflow that produced it
+        "--serving-mode",
+        _p(SERVING_MODE),
     ]
     if spec.reports.fail_on_regression:
         args.append("--fail-on-regression")
@@ -373,6 +399,12 @@ def report(spec: Spec) -> Stage:
             ),
             Input("history", "Directory or s3:// prefix holding earlier runs.", spec.reports.history),
             Input("baseline", "`previous` or a pinned run id to compare with.", spec.reports.baseline),
+            Input(
+                SERVING_MODE,
+                "How the deployment's pods ran (deploy's `isolation`): kubernetes, or netns / processes "
+                "in a local run.",
+                CLUSTER_ISOLATION,
+            ),
         ],
         deadline_s=REPORT_DEADLINE_S,
         pod={"artifacts": [report_artifact]},
