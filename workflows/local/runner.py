@@ -48,7 +48,8 @@ def run_local(spec_path: Path, *, resume: str | None, runs_dir: Path) -> int:
             console.print(f"[red]error:[/red] {problem}", highlight=False)
         return EXIT_BAD_INPUT
     try:
-        run_dir, previous = prepare_run_folder(spec, resume, runs_dir)
+        # Tasks run in their own folders: every path handed to them must be absolute.
+        run_dir, previous = prepare_run_folder(spec, resume, runs_dir.resolve())
         documents = render_pipeline(spec, run_dir)
         from workflows.local.standins import cloud_stand_ins
 
