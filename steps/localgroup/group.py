@@ -211,7 +211,8 @@ def _tail(path: str) -> str:
         text = Path(path).read_text(errors="replace")
     except OSError:
         return "(no log)"
-    lines = [TAG.sub("", line).strip() for line in text.splitlines()]
+    # mpirun can interleave two ranks' output on one physical line: split at every rank tag.
+    lines = [piece.strip() for line in text.splitlines() for piece in TAG.split(line)]
     telling = [line for line in lines if line and not line.startswith(("|", "+", "-"))]
     errors = [line for line in telling if ERROR_LINE.search(line) and not CPU_NOISE.search(line)]
     errors = errors[-LOG_TAIL_LINES:]
