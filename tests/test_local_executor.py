@@ -7,6 +7,7 @@ Each workflow is written here as the YAML `megapod render` would write; tasks ar
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import textwrap
 import time
@@ -34,7 +35,7 @@ from workflows.local.nodes import Node
 from workflows.local.paths import PathMap
 from workflows.local.process import parse_duration
 from workflows.local.runner import execute
-from workflows.local.standins import StandIns, free_port, start_prometheus
+from workflows.local.standins import StandIns, background_server, free_port, start_prometheus
 from workflows.render import render_to_dir
 from workflows.spec import load_spec
 
@@ -443,6 +444,19 @@ def prometheus_api(base: str, path: str) -> dict:
 
 
 @pytest.mark.integration
+def test_stand_in_refuses_a_port_another_server_holds(tmp_path: Path) -> None:
+    """A server already answering on the stand-in's port (another local run) must not be taken for ours."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        argv = [sys.executable, "-c", "import time; time.sleep(30)"]
+        server = background_server(argv, f"http://127.0.0.1:{port}/-/ready", tmp_path / "log")
+        with pytest.raises(LocalRunError, match=f"127.0.0.1:{port} is already in use"), server:
+            pass
+    assert not (tmp_path / "log").exists()  # refused before anything was started
+
+
 def test_prometheus_stand_in_scrapes_the_leader_with_the_charts_rules(triton_server, tmp_path: Path) -> None:
     """Real helm renders the rules, a real Prometheus loads them and scrapes a real tritonserver
     once the deploy node reports its endpoint, labelled as the chart's PodMonitor labels leaders."""

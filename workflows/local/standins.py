@@ -15,6 +15,7 @@ so nobody mistakes a local run for a cluster run.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from rich.console import Console
 
@@ -43,16 +45,28 @@ LOCAL_RUN_ENV = "MEGAPOD_LOCAL_RUN"
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
 
 
+def _refuse_taken_port(url: str) -> None:
+    """A server already answering there (another local run?) would be taken for ours: refuse."""
+    parsed = urlparse(url)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((parsed.hostname or "127.0.0.1", parsed.port or 80))
+        except OSError:
+            raise LocalRunError(
+                f"{parsed.hostname}:{parsed.port} is already in use (another local run?); stop it or "
+                "choose another port in the spec"
+            ) from None
+
+
 @contextmanager
 def background_server(argv: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen]:
     """Start a server process, wait until ready_url answers, stop it (by its pid) on exit."""
+    _refuse_taken_port(ready_url)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
