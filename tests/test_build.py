@@ -72,19 +72,9 @@ def test_reference_405b_uses_exactly_the_reference_commands_with_doubles(
 ):
     """With test doubles: the 405B spec gives REFERENCE.md's convert and trtllm-build flags exactly."""
     out, outputs = tmp_path / "vol", tmp_path / "outputs"
-    code, err = run(
-        [
-            "--spec",
-            str(REFERENCE_405B),
-            "--checkpoint",
-            str(ckpt_405b),
-            "--out",
-            str(out),
-            "--outputs",
-            str(outputs),
-        ],
-        capsys,
-    )
+    argv = ["--spec", str(REFERENCE_405B), "--checkpoint", str(ckpt_405b), "--out", str(out)]
+    argv += ["--outputs", str(outputs)]
+    code, err = run(argv, capsys)
     assert code == 0, err
     engines = Path((outputs / "engines").read_text())
     key = engines.name
@@ -135,19 +125,7 @@ def test_reference_405b_uses_exactly_the_reference_commands_with_doubles(
     assert "[trtllm-build] [TensorRT-LLM] built engine for rank 15" in err  # output streamed
 
     # Same inputs again: the cache serves it, nothing runs.
-    code, err = run(
-        [
-            "--spec",
-            str(REFERENCE_405B),
-            "--checkpoint",
-            str(ckpt_405b),
-            "--out",
-            str(out),
-            "--outputs",
-            str(outputs),
-        ],
-        capsys,
-    )
+    code, err = run(argv, capsys)
     assert code == 0 and "cache hit" in err and len(recorded(doubles)) == 2
     assert (outputs / "engines").read_text() == str(engines)
 
