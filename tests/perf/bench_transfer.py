@@ -35,10 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 from steps import download as dl  # noqa: E402
 from steps.manifest import Manifest, hash_tree  # noqa: E402
+from steps.processes import stop_process  # noqa: E402
 from steps.publish import publish_s3  # noqa: E402
 from steps.transfer import DEFAULT_PART_SIZE, MIB, human_bytes  # noqa: E402
 from tests.support.hfhub import HubServer, snapshot  # noqa: E402
-from tests.support.moto import CREDENTIALS, start_moto, stop  # noqa: E402
+from tests.support.moto import CREDENTIALS, start_moto  # noqa: E402
 from workflows.spec import load_spec  # noqa: E402
 
 REPO = "bench/checkpoint"
@@ -219,7 +220,7 @@ def main() -> int:
                 os.environ["AWS_ENDPOINT_URL"] = endpoint
                 bench_publish(endpoint, checkpoint, total, args.rounds)
             finally:
-                stop(proc)
+                stop_process(proc)
     return 0
 
 

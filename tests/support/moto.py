@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from steps.processes import stop_process
+
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -75,16 +77,6 @@ def start_moto(timeout_s: float = 30) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"moto_server did not answer on {url} within {timeout_s}s")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """Terminate one process we started, by its handle."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="session")
 def moto_s3() -> Iterator[MotoS3]:
     """A real moto S3 server for the session; AWS_ENDPOINT_URL and dummy credentials exported."""
@@ -99,4 +91,4 @@ def moto_s3() -> Iterator[MotoS3]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        stop(proc)
+        stop_process(proc)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from steps.processes import stop_process
 from tests.support.triton import LOOPBACK, free_port
 from workflows.chart_values import CHART_DIR, chart_values
 from workflows.spec import Spec
@@ -66,13 +67,8 @@ class PrometheusProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        """Stop the server (SIGTERM, then SIGKILL if it hangs)."""
+        stop_process(self.process)
 
 
 def chart_rule_groups(spec: Spec, release: str, namespace: str | None = None) -> list[dict]:

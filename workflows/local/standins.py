@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
+from steps.processes import stop_process
 from workflows.local import prometheus
 from workflows.local.engine import LocalEnvironment
 from workflows.local.errors import LocalRunError
@@ -86,12 +87,7 @@ def background_server(argv: list[str], ready_url: str, log: Path) -> Iterator[su
                 time.sleep(0.1)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def seed_s3(endpoint: str, bucket: str, prefix: str, run_dir: Path) -> bool:
