@@ -1,7 +1,9 @@
 """megapod submit / templates apply against a recording Argo Server stand-in on 127.0.0.1.
 
-The stand-in speaks the Argo Server's REST paths (/api/v1/workflow-templates, cron-workflows,
-workflows) and records what Hera sends; each test picks how it answers (create, 409, 401).
+The stand-in speaks the Argo Server's REST paths (/api/v1/version, workflow-templates,
+cron-workflows, workflows) and records what Hera sends; each test picks how it answers (create,
+409, 401) and which version it reports (argo-workflows version.go GetVersion at v4.1.2: a
+release reports its tag, other builds `<version>+<commit>`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ from workflows.submit import SubmitError, apply_templates, submit_pipeline
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "workflows" / "examples" / "llama-3.1-8b-1node.yaml"
 STAGES = 7  # WorkflowTemplates per spec; plus the pipeline and the CronWorkflow
+VERSION_FIELDS = {
+    "buildDate": "2026-10-01T00:00:00Z",
+    "compiler": "gc",
+    "gitCommit": "0" * 40,
+    "gitTag": "",
+    "gitTreeState": "clean",
+    "goVersion": "go1.25.1",
+    "platform": "linux/amd64",
+}
 BODY_KEYS = {"workflow-templates": "template", "cron-workflows": "cronWorkflow", "workflows": "workflow"}
 
 
@@ -31,6 +42,7 @@ class Recorder:
     mode: str = "create"  # create | exists | unauthorized
     requests: list[tuple[str, str, dict]] = field(default_factory=list)
     phases: list[str] = field(default_factory=lambda: ["Running", "Succeeded"])
+    version: str = "v4.1.2"
 
 
 def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
@@ -54,6 +66,8 @@ def _handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
                 return self._reply(401, {"code": 16, "message": "token not valid"})
             parts = self.path.split("?")[0].strip("/").split("/")  # api v1 <kind> <ns> [<name>]
             kind = parts[2]
+            if kind == "version":
+                return self._reply(200, {**VERSION_FIELDS, "version": recorder.version})
             if method == "POST" and kind == "workflows":
                 workflow = body["workflow"]
                 workflow["metadata"]["name"] = workflow["metadata"]["generateName"] + "x7k2p"
@@ -110,6 +124,7 @@ def spec():
 def test_apply_creates_every_template_then_the_cron(argo_server: Recorder, spec) -> None:
     apply_templates(spec)
     posts = [(path, body) for method, path, body in argo_server.requests if method == "POST"]
+    assert argo_server.requests[0][:2] == ("GET", "/api/v1/version")  # checked before any write
     assert [p for p, _ in posts] == [f"/api/v1/workflow-templates/{spec.cluster.namespace}"] * (
         STAGES + 1
     ) + [f"/api/v1/cron-workflows/{spec.cluster.namespace}"]
@@ -153,7 +168,7 @@ def test_submit_watch_returns_by_phase(argo_server: Recorder, spec) -> None:
 def test_namespace_from_argo_namespace(argo_server: Recorder, spec, monkeypatch) -> None:
     monkeypatch.setenv("ARGO_NAMESPACE", "team-llm")
     apply_templates(spec)
-    _method, path, body = argo_server.requests[0]
+    _method, path, body = argo_server.requests[1]
     assert path == "/api/v1/workflow-templates/team-llm"
     assert body["template"]["metadata"]["namespace"] == "team-llm"
 
@@ -195,3 +210,40 @@ def test_cli_submit_exits_1_with_the_error_line(monkeypatch) -> None:
     result = CliRunner().invoke(app, ["submit", str(EXAMPLE)])
     assert result.exit_code == 1
     assert "error: cannot reach the Argo Server" in result.output
+
+
+@pytest.mark.parametrize("version", ["v3.5.8", "v3.6.10"])
+def test_a_server_older_than_the_minimum_is_refused_before_any_write(argo_server: Recorder, spec, version) -> None:
+    """3.5 drops `schedules` and `synchronization.mutexes`, 3.6 drops `backoff.cap`
+    (pkg/apis/workflow/v1alpha1/{workflow,cron_workflow}_types.go at v3.5.0, v3.6.0, v3.7.0)."""
+    argo_server.version = version
+    with pytest.raises(SubmitError) as failure:
+        submit_pipeline(spec, watch=False, keep=False)
+    message = str(failure.value)
+    assert f"Argo {version} is older than v3.7" in message and "\n" not in message
+    assert "retryStrategy.backoff.cap" in message
+    assert ("synchronization.mutexes" in message) == version.startswith("v3.5")
+    assert [method for method, *_ in argo_server.requests] == ["GET"]
+
+
+@pytest.mark.parametrize("version", ["v3.7.0", "v4.0.0", "v0.0.0+unknown", "latest+1a2b3c4", "untagged"])
+def test_new_or_unversioned_servers_are_accepted(argo_server: Recorder, spec, version) -> None:
+    argo_server.version = version
+    apply_templates(spec)
+    assert any(method == "POST" for method, *_ in argo_server.requests)
+
+
+def test_lint_server_reports_the_version_or_refuses(argo_server: Recorder, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+    from workflows.render import render_to_dir
+
+    render_to_dir(load_spec(EXAMPLE), tmp_path)
+    workflows = str(tmp_path / "workflows")
+    result = CliRunner().invoke(app, ["lint", workflows, "--server"])
+    assert result.exit_code == 0 and "(Argo Server v4.1.2)" in result.output
+    argo_server.version = "v3.6.2"
+    result = CliRunner().invoke(app, ["lint", workflows, "--server"])
+    assert result.exit_code == 1 and "error: the Argo Server at" in result.output
+    assert "upgrade Argo Workflows to v3.7 or newer" in result.output

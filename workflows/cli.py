@@ -68,16 +68,28 @@ def render(
 
 
 @app.command()
-def lint(paths: Annotated[list[Path], typer.Argument(help="rendered YAML files or directories")]) -> None:
+def lint(
+    paths: Annotated[list[Path], typer.Argument(help="rendered YAML files or directories")],
+    server: Annotated[
+        bool, typer.Option("--server", help="also check the Argo Server (ARGO_SERVER) is new enough")
+    ] = False,
+) -> None:
     """Validate rendered workflow YAML offline: Argo schema plus references between templates."""
     from workflows.lint import lint_paths
+    from workflows.submit import SubmitError, check_argo_server
 
     problems = lint_paths(paths)
     for problem in problems:
         typer.secho(problem, fg=typer.colors.RED, err=True)
     if problems:
         raise typer.Exit(1)
-    typer.echo(f"ok: {', '.join(map(str, paths))}")
+    checked = ""
+    if server:
+        try:
+            checked = f" (Argo Server {check_argo_server()})"
+        except SubmitError as exc:
+            raise fail(str(exc)) from None
+    typer.echo(f"ok: {', '.join(map(str, paths))}{checked}")
 
 
 @app.command()

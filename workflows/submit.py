@@ -4,11 +4,16 @@ Configured like the argo CLI: ARGO_SERVER (host:port, or a URL), ARGO_SECURE (de
 https), ARGO_INSECURE_SKIP_VERIFY, ARGO_BASE_HREF, ARGO_TOKEN, ARGO_NAMESPACE (default: the
 spec's cluster.namespace). ARGO_HTTP1 needs no handling: Hera always speaks HTTP/1 REST.
 Every failure becomes a SubmitError whose message is one line: what went wrong, what to do.
+
+Before writing anything, the server's version (GET /api/v1/version) is checked against
+ARGO_MINIMUM: older controllers silently drop fields the rendered templates rely on (the load
+mutex among them), so the two load stages would measure each other without any error.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +27,16 @@ REQUEST_TIMEOUT_S = 30.0
 POLL_S = 10.0
 DONE_PHASES = ("Succeeded", "Failed", "Error")
 TRUE = ("1", "true", "yes")
+
+# Fields megapod renders and the Argo release that first reads them (pkg/apis/workflow/v1alpha1 at
+# each tag); a controller older than the newest of these drops them without an error.
+ARGO_FIELDS_SINCE = {
+    "CronWorkflow spec.schedules": (3, 6),
+    "synchronization.mutexes": (3, 6),
+    "retryStrategy.backoff.cap": (3, 7),
+}
+ARGO_MINIMUM = max(ARGO_FIELDS_SINCE.values())
+RELEASE_VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)")
 
 T = TypeVar("T")
 
@@ -40,8 +55,8 @@ class ArgoServer:
     verify_ssl: bool
 
     @classmethod
-    def from_env(cls, spec: Spec, env: dict[str, str] | None = None) -> ArgoServer:
-        """Read ARGO_* variables; SubmitError when ARGO_SERVER is missing."""
+    def from_env(cls, namespace: str, env: dict[str, str] | None = None) -> ArgoServer:
+        """Read ARGO_* variables (`namespace` unless ARGO_NAMESPACE); SubmitError without ARGO_SERVER."""
         env = dict(os.environ if env is None else env)
         server = env.get("ARGO_SERVER", "").strip()
         if not server:
@@ -56,7 +71,7 @@ class ArgoServer:
         url = server.rstrip("/") + (f"/{base_href}" if base_href else "") + "/"
         return cls(
             url=url,
-            namespace=env.get("ARGO_NAMESPACE") or spec.cluster.namespace,
+            namespace=env.get("ARGO_NAMESPACE") or namespace,
             token=env.get("ARGO_TOKEN") or None,
             verify_ssl=env.get("ARGO_INSECURE_SKIP_VERIFY", "false").lower() not in TRUE,
         )
@@ -119,6 +134,41 @@ def _call(server: ArgoServer, action: str, call: Callable[[], T], expected: tupl
         raise SubmitError(f"the Argo Server at {server.url} failed to {action}: {exc}") from None
 
 
+def version_problem(version: str) -> str | None:
+    """Why a server reporting `version` cannot run megapod's templates, or None when it can.
+
+    Release builds report their tag (`v3.7.2`); builds from a branch report `latest+<commit>` or
+    `untagged`, and a `go build` without link flags `v0.0.0+unknown`: those cannot be judged and pass.
+    """
+    match = RELEASE_VERSION.match(version)
+    if not match or match.groups() == ("0", "0", "0"):
+        return None
+    found = tuple(int(part) for part in match.groups())
+    if found[:2] >= ARGO_MINIMUM:
+        return None
+    dropped = [name for name, since in ARGO_FIELDS_SINCE.items() if found[:2] < since]
+    minimum = ".".join(map(str, ARGO_MINIMUM))
+    return (
+        f"Argo {version} is older than v{minimum}, the oldest that keeps {', '.join(dropped)} "
+        f"(older controllers drop them silently); upgrade Argo Workflows to v{minimum} or newer"
+    )
+
+
+def check_server_version(server: ArgoServer, service: Any) -> str:
+    """The server's version; SubmitError when it is too old for the rendered templates."""
+    reported = _call(server, "read its version", service.get_version).version
+    problem = version_problem(reported)
+    if problem:
+        raise SubmitError(f"the Argo Server at {server.url}: {problem}")
+    return reported
+
+
+def check_argo_server(namespace: str = "default") -> str:
+    """Check the Argo Server of the ARGO_* environment (megapod lint --server); its version."""
+    server = ArgoServer.from_env(namespace)
+    return check_server_version(server, _service(server))
+
+
 def _apply(server: ArgoServer, service: Any, document: Any) -> None:
     """Create one WorkflowTemplate or CronWorkflow; on 409 update it at its current resourceVersion."""
     from hera.exceptions import AlreadyExists
@@ -161,13 +211,14 @@ def _apply(server: ArgoServer, service: Any, document: Any) -> None:
 def _apply_all(spec: Spec, server: ArgoServer, service: Any) -> None:
     from workflows.argo import documents
 
+    check_server_version(server, service)
     for document in documents(spec):  # stage templates first: the others reference them
         _apply(server, service, document)
 
 
 def apply_templates(spec: Spec) -> None:
     """Create or update every WorkflowTemplate and the CronWorkflow of `spec` on the Argo Server."""
-    server = ArgoServer.from_env(spec)
+    server = ArgoServer.from_env(spec.cluster.namespace)
     _apply_all(spec, server, _service(server))
 
 
@@ -207,7 +258,7 @@ def submit_pipeline(spec: Spec, *, watch: bool, keep: bool, poll_s: float = POLL
     """Apply the templates, submit the pipeline, print its UI link; with `watch`, wait for the result."""
     from hera.workflows.models import WorkflowCreateRequest
 
-    server = ArgoServer.from_env(spec)
+    server = ArgoServer.from_env(spec.cluster.namespace)
     service = _service(server)
     _apply_all(spec, server, service)
     request = WorkflowCreateRequest(workflow=_pipeline_workflow(spec, server, keep).build())
