@@ -213,7 +213,7 @@ def test_cli_submit_exits_1_with_the_error_line(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("version", ["v3.5.8", "v3.6.10"])
-def test_a_server_older_than_the_minimum_is_refused_before_any_write(argo_server: Recorder, spec, version) -> None:
+def test_an_older_server_is_refused_before_any_write(argo_server: Recorder, spec, version) -> None:
     """3.5 drops `schedules` and `synchronization.mutexes`, 3.6 drops `backoff.cap`
     (pkg/apis/workflow/v1alpha1/{workflow,cron_workflow}_types.go at v3.5.0, v3.6.0, v3.7.0)."""
     argo_server.version = version
