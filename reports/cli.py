@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from reports import REPORT_PAGE
 from reports import benchmark_sections as bench
 from reports.errors import InputError, ReportError
 from reports.history import append_run, compare, find_baseline, open_history
@@ -201,7 +202,7 @@ def make_report(opts: Options) -> Outcome:
     subtitle = f"run {run.run_id} · started {run.started_at} · {len(points)} point(s)"
     outcome = Outcome(files=write_results(results, opts.out_dir))
     for name, text in (
-        ("report.html", render_html(title, subtitle, sections)),
+        (REPORT_PAGE, render_html(title, subtitle, sections)),
         ("summary.md", render_markdown(title, subtitle, sections)),
     ):
         atomic_write(opts.out_dir / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))

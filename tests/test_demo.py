@@ -48,7 +48,7 @@ def status(run_dir: Path) -> dict:
 
 
 def report_dir(run_dir: Path) -> Path:
-    return run_dir / "artifacts" / "report" / "report"
+    return run_dir / "artifacts" / "report" / "report-files"
 
 
 def autoscale_dir(run_dir: Path) -> Path:
@@ -72,7 +72,8 @@ def test_demo_pipeline_succeeds_node_by_node(demo_run) -> None:
     assert phases["onExit.teardown"] == "Succeeded"
     standins = json.loads((run_dir / "standins.json").read_text())
     assert {"s3", "prometheus"} <= set(standins)
-    assert f"artifact report/report: {report_dir(run_dir) / 'report.html'}" in done.stdout + done.stderr
+    page = run_dir / "artifacts" / "report" / "report" / "report.html"  # the file artifact the UI opens
+    assert f"artifact report/report: {page}" in done.stdout + done.stderr
 
 
 def test_load_stages_ran_one_after_the_other(demo_run) -> None:

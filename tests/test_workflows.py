@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -234,11 +234,16 @@ def test_hub_token_only_from_the_secret(rendered) -> None:
     assert "HF_TOKEN" not in everything.replace("name: HF_TOKEN", "")
 
 
-def test_report_artifact_is_uncompressed(rendered) -> None:
+def test_report_page_is_a_single_uncompressed_html_file(rendered) -> None:
+    """The Argo UI opens an artifact whose key ends in a known extension, or a directory key ending
+    in `/` (docs/artifact-visualization.md, v4.1.2); the executor keys an unarchived output
+    `<keyFormat>/<basename of path>` (workflow/executor/executor.go saveArtifactFromFile, v4.1.2), so
+    only a file named *.html gets a key the UI renders. The folder goes beside it as a .tgz download."""
     report = template(documents(rendered["llama-3.1-405b-p5"])["llama-405b-report"], "report")
-    assert report["outputs"]["artifacts"] == [
-        {"name": "report", "path": "/tmp/megapod/report", "archive": {"none": {}}}
-    ]
+    page, folder = report["outputs"]["artifacts"]
+    assert page == {"name": "report", "path": "/tmp/megapod/report/report.html", "archive": {"none": {}}}
+    assert PurePosixPath(page["path"]).suffix == ".html"
+    assert folder == {"name": "report-files", "path": "/tmp/megapod/report"}
 
 
 def test_nightly_cron(rendered) -> None:

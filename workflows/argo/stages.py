@@ -20,6 +20,7 @@ from typing import Any
 from hera.workflows import Artifact, Container, NoneArchiveStrategy, Parameter, RawArtifact, WorkflowTemplate
 from hera.workflows.models import Mutex, Synchronization, ValueFrom
 
+from reports import REPORT_PAGE
 from workflows.argo import common as c
 from workflows.argo import pod
 from workflows.chart_values import chart_values, default_repository, leader_service_host
@@ -367,7 +368,7 @@ def benchmark(spec: Spec) -> Stage:
 
 
 def report(spec: Spec) -> Stage:
-    """Tables, timelines and the HTML report; uncompressed so the Argo UI opens it."""
+    """Tables, timelines and the HTML report; the page uncompressed so the Argo UI opens it."""
     args = [
         "--input",
         _p("input"),
@@ -386,7 +387,12 @@ def report(spec: Spec) -> Stage:
     ]
     if spec.reports.fail_on_regression:
         args.append("--fail-on-regression")
-    report_artifact = Artifact(name="report", path=c.REPORT_DIR, archive=NoneArchiveStrategy())
+    # The Argo UI draws and opens an artifact by its key: a file key ending in .html opens in one click,
+    # while a directory key needs a trailing slash the default repository's key never has
+    # (workflow/executor/executor.go and docs/artifact-visualization.md at v4.1.2). So the page is its
+    # own uncompressed file artifact; the whole folder (tables, summary.md) is a download beside it.
+    page = Artifact(name="report", path=f"{c.REPORT_DIR}/{REPORT_PAGE}", archive=NoneArchiveStrategy())
+    folder = Artifact(name="report-files", path=c.REPORT_DIR)
     return Stage(
         name=c.REPORT,
         title=f"{spec.name}: report",
@@ -407,7 +413,7 @@ def report(spec: Spec) -> Stage:
             ),
         ],
         deadline_s=REPORT_DEADLINE_S,
-        pod={"artifacts": [report_artifact]},
+        pod={"artifacts": [page, folder]},
     )
 
 

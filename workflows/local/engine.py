@@ -545,6 +545,8 @@ class Executor:
                     )
                 continue
             kept = self.run_dir / "artifacts" / node.key / name
+            if local.is_file():  # as Argo keys it: <key>/<base name>, which keeps the extension
+                kept /= PurePosixPath(str(artifact["path"])).name
             _copy(local, kept)
             node.artifacts[name] = str(kept.relative_to(self.run_dir))
         if missing and required:

@@ -3,7 +3,8 @@
 A run folder `runs/<spec name>-<UTC timestamp>/` holds everything: the rendered YAML
 (`rendered/`), `status.json` (the node list, rewritten as it changes), one folder per task
 (`tasks/<task>/log.txt`, the task's private files under `root/`), the volumes
-(`volumes/<claim>/`), and collected output artifacts (`artifacts/<task>/<name>`).
+(`volumes/<claim>/`), and collected output artifacts (`artifacts/<task>/<name>`; a file artifact
+as `<name>/<file name>`, the way Argo keys it).
 """
 
 from __future__ import annotations
