@@ -364,3 +364,25 @@ def test_every_api_call_of_deploy_and_autoscale_is_allowed(tmp_path: Path, monke
         without_nodes = rbac_documents(shaped, read_nodes=False)
         assert {c.resource for c in calls if not allowed(without_nodes, deployer, NAMESPACE, c)} == {"nodes"}
         assert not any(allowed(documents, runner_account(shaped), NAMESPACE, c) for c in calls)
+
+
+def test_memoize_grants_the_argo_controller_its_cache_config_map_only() -> None:
+    """Memoization saves through the controller: Get, Create when missing, Update
+    (workflow/controller/cache/configmap_cache.go at v4.1.2), which the stock argo-cluster-role
+    (get/list/watch on ConfigMaps, manifests/cluster-install/workflow-controller-rbac) lacks."""
+    reference = SPECS["llama-3.1-405b-p5:as-written"]
+    assert reference.argo.memoize  # the 8-hour download is worth caching
+    docs, ns = rbac_documents(reference), reference.cluster.namespace
+    controller, controller_ns = reference.argo.controller_service_account, reference.argo.controller_namespace
+    cache = f"{reference.name}-memo"
+
+    def may(verb: str, name: str | None, namespace: str = ns) -> bool:
+        call = ApiCall(verb, "", "configmaps", namespace, name)
+        return allowed(docs, controller, controller_ns, call)
+
+    assert may("create", None) and may("get", cache) and may("update", cache)
+    assert not may("update", "another-config") and not may("delete", cache)
+    assert not may("create", None, "kube-system")
+    plain = SPECS["llama-3.1-8b-1node:as-written"]
+    assert not plain.argo.memoize
+    assert not any("memo" in d["metadata"]["name"] for d in rbac_documents(plain))

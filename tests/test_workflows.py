@@ -197,6 +197,8 @@ def test_retries_timeouts_and_memoization(rendered) -> None:
     )
     build_key = template(docs["llama-405b-build"], "build")["memoize"]["key"]
     assert "inputs.parameters.spec" in build_key and "inputs.parameters.checkpoint" in build_key
+    plain = documents(rendered["llama-3.1-8b-1node"])  # argo.memoize off: no cache, nothing to grant
+    assert "memoize" not in template(plain["llama-8b-download"], "download")
 
 
 def test_build_pod_of_the_405b_reference(rendered) -> None:

@@ -11,6 +11,8 @@ Two identities, split by need (DESIGN.md: nothing that needs cluster-admin or `p
   (pods, events, LeaderWorkerSets, HPAs, Services, KEDA ScaledObjects when KEDA scales).
 - optionally, read-only nodes through a ClusterRole bound to the deployer, for the Cluster
   Autoscaler milestones; steps.autoscale stops watching nodes after one 403 without it.
+- with `argo.memoize`, the one thing a stock Argo controller lacks for it: create the cache
+  ConfigMap and get/update it by name (argo-cluster-role grants ConfigMaps get/list/watch only).
 
 The chart's kinds come from one table (CHART_KINDS) keyed on the chart values the spec produces;
 tests/test_rbac.py compares it with `helm template` for every example, so a kind added to the
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workflows.argo.common import labels
+from workflows.argo.pod import memo_config_map
 from workflows.chart_values import chart_values
 from workflows.spec import Spec
 
@@ -213,6 +216,48 @@ def nodes_documents(spec: Spec) -> list[dict[str, Any]]:
     return [role, binding]
 
 
+def memo_role_name(spec: Spec) -> str:
+    """Per deployment: each spec's cache ConfigMap is its own."""
+    return f"megapod-memo-{spec.name}"
+
+
+def memo_documents(spec: Spec) -> list[dict[str, Any]]:
+    """Role + RoleBinding letting the Argo controller keep `<name>-memo` (argo.memoize only).
+
+    The controller gets the ConfigMap, creates it when missing and updates it on every save
+    (workflow/controller/cache/configmap_cache.go, v4.1.2). `create` cannot be limited by name
+    (the object does not exist when it is authorized); get and update are."""
+    name = memo_role_name(spec)
+    role = {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "Role",
+        "metadata": _metadata(spec, name),
+        "rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [memo_config_map(spec)],
+                "verbs": ["get", "update"],
+            },
+        ],
+    }
+    binding = {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "RoleBinding",
+        "metadata": _metadata(spec, name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": spec.argo.controller_service_account,
+                "namespace": spec.argo.controller_namespace,
+            }
+        ],
+    }
+    return [role, binding]
+
+
 def rbac_documents(spec: Spec, *, read_nodes: bool = True) -> list[dict[str, Any]]:
     """Every RBAC object the pipeline needs, namespaced ones first, the optional nodes ClusterRole last."""
     documents = [
@@ -231,6 +276,8 @@ def rbac_documents(spec: Spec, *, read_nodes: bool = True) -> list[dict[str, Any
             "megapod deploy, teardown and autoscale-test: helm for charts/triton-lws, watches",
         ),
     ]
+    if spec.argo.memoize:
+        documents += memo_documents(spec)
     if read_nodes:
         documents += nodes_documents(spec)
     return documents
@@ -246,4 +293,11 @@ def rbac_yaml(spec: Spec) -> str:
         "# The last two documents (ClusterRole + ClusterRoleBinding: read-only nodes for the Cluster\n"
         "# Autoscaler milestones) are optional: without them autoscale-test reports no node milestones.\n"
     )
+    if spec.argo.memoize:
+        header += (
+            f"# argo.memoize is on: Role {memo_role_name(spec)} lets the Argo controller (ServiceAccount\n"
+            f"# {spec.argo.controller_namespace}/{spec.argo.controller_service_account}) create and "
+            f"update the cache ConfigMap {memo_config_map(spec)};\n"
+            "# a stock install may only read ConfigMaps, and a failed cache save fails the step.\n"
+        )
     return header + yaml.safe_dump_all(rbac_documents(spec), sort_keys=False)

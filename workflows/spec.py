@@ -375,6 +375,22 @@ class Images(Strict):
     pipeline: str = "ghcr.io/megapod/pipeline:0.1.0"
 
 
+class ArgoSpec(Strict):
+    """The Argo Workflows installation the pipeline runs on (v3.7 or newer)."""
+
+    memoize: bool = Field(
+        default=False,
+        description="cache download/build outputs in the ConfigMap <name>-memo; a stock controller may "
+        "only read ConfigMaps, so rbac.yaml then grants it get/create/update on that one",
+    )
+    controller_service_account: str = Field(
+        default="argo", pattern=DNS_LABEL, description="the workflow-controller's ServiceAccount"
+    )
+    controller_namespace: str = Field(
+        default="argo", pattern=DNS_LABEL, description="the namespace the workflow-controller runs in"
+    )
+
+
 # --- the spec ------------------------------------------------------------------------------------
 
 
@@ -391,6 +407,7 @@ class Spec(Strict):
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
     reports: ReportsSpec = Field(default_factory=ReportsSpec)
     images: Images = Field(default_factory=Images)
+    argo: ArgoSpec = Field(default_factory=ArgoSpec)
 
     @model_validator(mode="after")
     def _plan_fits(self) -> Spec:

@@ -82,8 +82,20 @@ def retry(limit: int, policy: str) -> RetryStrategy:
     )
 
 
-def memoize(spec: Spec, key: str, max_age: str) -> Memoize:
-    """Cache a stage's outputs in the ConfigMap `<name>-memo` under `key`."""
+def memo_config_map(spec: Spec) -> str:
+    """The ConfigMap Argo keeps memoized outputs in (created by the controller on first save)."""
+    return f"{spec.name}-memo"
+
+
+def memoize(spec: Spec, key: str, max_age: str) -> Memoize | None:
+    """Cache a stage's outputs under `key` when spec.argo.memoize; otherwise None (no cache).
+
+    Opt-in because saving needs the controller to create and update ConfigMaps, which a stock
+    install does not grant (argo-cluster-role: get/list/watch), and a failed save turns the
+    finished step into Error (workflow/controller/cache/configmap_cache.go, v4.1.2).
+    """
+    if not spec.argo.memoize:
+        return None
     return Memoize(
-        key=key, max_age=max_age, cache=Cache(config_map=LocalObjectReference(name=f"{spec.name}-memo"))
+        key=key, max_age=max_age, cache=Cache(config_map=LocalObjectReference(name=memo_config_map(spec)))
     )
