@@ -147,8 +147,11 @@ def crd_schema(api_version: str, kind: str) -> dict[str, Any] | None:
 def check_lws_fields(lws: dict[str, Any]) -> None:
     """The LWS fields the chart writes, checked without the CRD (a clone has no ../shared)."""
     spec = lws["spec"]
-    assert set(spec) <= {"replicas", "startupPolicy", "leaderWorkerTemplate"}
+    assert set(spec) <= {"replicas", "startupPolicy", "rolloutStrategy", "leaderWorkerTemplate"}
     assert spec["startupPolicy"] in ("LeaderCreated", "LeaderReady")
+    rollout = spec["rolloutStrategy"]  # RolloutStrategy in leaderworkerset_types.go (v0.7.0)
+    assert rollout["type"] == "RollingUpdate" and set(rollout) == {"type", "rollingUpdateConfiguration"}
+    assert set(rollout["rollingUpdateConfiguration"]) <= {"partition", "maxSurge", "maxUnavailable"}
     template = spec["leaderWorkerTemplate"]
     assert set(template) == {"size", "restartPolicy", "leaderTemplate", "workerTemplate"}
     assert isinstance(template["size"], int) and template["size"] >= 1
@@ -194,7 +197,7 @@ VARIANTS = {
         "service.type": "ALB",
         "service.certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/0f0e0d0c-1111-2222",
         "autoscaling.engine": "none",
-        "group.exclusiveTopology": "",
+        "group.topology.key": "",
         "resources.efa": 0,
         "resources.hugepages2Mi": "",
     },
@@ -320,9 +323,7 @@ def test_group_shape_follows_the_spec() -> None:
     lws = one(objects, "LeaderWorkerSet")
     assert lws["metadata"]["name"] == "llama-triton-lws"
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == spec.group_size == 2
-    assert lws["metadata"]["annotations"] == {
-        "leaderworkerset.sigs.k8s.io/exclusive-topology": spec.serving.exclusive_topology
-    }
+    assert "annotations" not in lws["metadata"]  # preferred topology: no LWS exclusive placement
     for role, pod in pod_templates(objects).items():
         (container,) = pod["spec"]["containers"]
         limits = container["resources"]["limits"]
@@ -634,6 +635,45 @@ async def test_upgrade_keeps_ssh_keys_kube_api_stand_in(kmock: Any, tmp_path: Pa
     assert "stringData" in other and other["stringData"]["id_ecdsa"] != installed["stringData"]["id_ecdsa"]
 
 
+def test_topology_preferred_never_blocks_and_exclusive_is_opt_in() -> None:
+    """Preferred: a weighted pod affinity to the same group's pods (the LWS pod webhook labels
+    every pod with `leaderworkerset.sigs.k8s.io/group-key`, pkg/webhooks/pod_webhook.go v0.7.0), no
+    required term anywhere, so the Cluster Autoscaler's simulation can always place a new group.
+    Exclusive: only LWS's annotation, which the webhook turns into required (anti-)affinity."""
+    spec = load_spec(REFERENCE_SPEC)
+    assert spec.serving.topology is not None and spec.serving.topology.mode == "preferred"
+    objects = render(chart_values(spec))
+    for pod in pod_templates(objects).values():
+        affinity = pod["spec"]["affinity"]
+        assert set(affinity) == {"podAffinity"}
+        (term,) = affinity["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert term["podAffinityTerm"]["topologyKey"] == spec.serving.topology.key
+        assert term["podAffinityTerm"]["matchLabelKeys"] == ["leaderworkerset.sigs.k8s.io/group-key"]
+        labels = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        assert labels["app.kubernetes.io/instance"] == "llama"
+    exclusive = render(with_values(**{"group.topology.mode": "exclusive"}))
+    lws = one(exclusive, "LeaderWorkerSet")
+    assert lws["metadata"]["annotations"] == {
+        "leaderworkerset.sigs.k8s.io/exclusive-topology": spec.serving.topology.key
+    }
+    assert all("affinity" not in pod["spec"] for pod in pod_templates(exclusive).values())
+    unconstrained = render(with_values(**{"group.topology.key": ""}))
+    assert "annotations" not in one(unconstrained, "LeaderWorkerSet")["metadata"]
+    assert all("affinity" not in pod["spec"] for pod in pod_templates(unconstrained).values())
+
+
+def test_rolling_update_surges_a_group_instead_of_taking_the_only_one_down() -> None:
+    """LWS defaults rollingUpdateConfiguration to maxUnavailable 1, maxSurge 0
+    (pkg/webhooks/leaderworkerset_webhook.go Default, v0.7.0): with min 1 an upgrade is an outage."""
+    spec = load_spec(REFERENCE_SPEC)
+    assert spec.serving.replicas.min == 1
+    strategy = one(render(chart_values(spec)), "LeaderWorkerSet")["spec"]["rolloutStrategy"]
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdateConfiguration": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+
+
 # --- bad values -----------------------------------------------------------------------------------
 
 BAD_VALUES = {
@@ -651,6 +691,11 @@ BAD_VALUES = {
     "ssh on a root port": ({"ports.ssh": 22}, "ports.ssh"),
     "no gpus": ({"group.gpusPerPod": 0, "group.worldSize": 0}, "group"),
     "bad startup policy": ({"group.startupPolicy": "Eventually"}, "group.startupPolicy"),
+    "rollout cannot start": (
+        {"rollout.maxSurge": 0, "rollout.maxUnavailable": 0},
+        "rollout.maxSurge and rollout.maxUnavailable cannot both be 0",
+    ),
+    "unknown topology mode": ({"group.topology.mode": "strict"}, "group.topology.mode"),
 }
 
 

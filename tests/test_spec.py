@@ -59,9 +59,16 @@ def _set(*keys_and_value):
         (EIGHT_B, _set("cluster", "efa_per_node", -1), ["cluster.efa_per_node: must be >= 0"]),
         (EIGHT_B, _set("model", "hf_token_secret", {"key": "x"}), ["model.hf_token_secret.name", "required"]),
         (EIGHT_B, _set("model", "hf_token_secret", None), ["hf_token_secret is required for hf:// sources"]),
+        (EIGHT_B, _set("serving", "rollout", {"max_surge": 0, "max_unavailable": 0}),
+         ["serving.rollout: max_surge and max_unavailable cannot both be 0"]),
+        (EIGHT_B, _set("serving", "topology", {"key": "spine layer 3"}), ["serving.topology.key", "pattern"]),
+        (EIGHT_B, _set("serving", "topology", {"key": "a/b", "mode": "strict"}),
+         ["serving.topology.mode: must be one of 'preferred' or 'exclusive'"]),
+        (EIGHT_B, _set("serving", "exclusive_topology", "a/b"), ["serving.exclusive_topology: unknown key"]),
     ],
     ids=["tp-not-dividing", "405b-bf16-one-node", "unknown-key", "bad-uri", "negative-tp", "negative-efa",
-         "secret-without-name", "hub-without-secret"],
+         "secret-without-name", "hub-without-secret", "rollout-stuck", "topology-key", "topology-mode",
+         "old-exclusive-topology"],
 )  # fmt: skip
 def test_bad_spec_is_one_clear_line_and_exit_2(tmp_path, base, change, expected) -> None:
     path = variant(tmp_path, base, change)

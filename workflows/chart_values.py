@@ -95,6 +95,12 @@ def default_repository(spec: Spec) -> str:
     return f"{spec.cluster.volume_mount.rstrip('/')}/repositories/{spec.name}"
 
 
+def _topology(spec: Spec) -> dict[str, str]:
+    """group.topology: the spec's, or no constraint (key "")."""
+    topology = spec.serving.topology
+    return {"key": topology.key, "mode": topology.mode} if topology else {"key": "", "mode": "preferred"}
+
+
 def chart_values(spec: Spec) -> dict[str, Any]:
     """Values for charts/triton-lws (same key tree as its values.yaml) derived from `spec`."""
     serving, cluster, scaling = spec.serving, spec.cluster, spec.serving.autoscaling
@@ -110,7 +116,11 @@ def chart_values(spec: Spec) -> dict[str, Any]:
             "gpusPerPod": spec.gpus_per_pod,
             "worldSize": spec.world_size,
             "startupPolicy": "LeaderCreated",
-            "exclusiveTopology": serving.exclusive_topology or "",
+            "topology": _topology(spec),
+        },
+        "rollout": {
+            "maxSurge": serving.rollout.max_surge,
+            "maxUnavailable": serving.rollout.max_unavailable,
         },
         "replicas": {"min": serving.replicas.min, "max": serving.replicas.max},
         "resources": {

@@ -270,6 +270,46 @@ class ServiceSpec(Strict):
     metrics_port: PositiveInt = 8002
 
 
+# A label key as Kubernetes takes it: optional DNS-subdomain prefix, then a name of <= 63 characters.
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+
+
+class TopologySpec(Strict):
+    """Where a group's pods go relative to one another, by a node label such as the EFA spine.
+
+    `preferred` asks the scheduler to co-locate a group's pods and never blocks a scale-up.
+    `exclusive` is LWS's exclusive placement (required affinity inside the group, required
+    anti-affinity to other groups): the Cluster Autoscaler cannot add nodes for a second group,
+    because the template node it copies from a busy domain fails the anti-affinity and a group
+    scaled from zero has no such label yet. Use it only with pre-provisioned capacity.
+    """
+
+    key: str = Field(
+        pattern=LABEL_KEY,
+        max_length=317,
+        description="a node label such as topology.k8s.aws/network-node-layer-3",
+    )
+    mode: Literal["preferred", "exclusive"] = "preferred"
+
+
+class RolloutSpec(Strict):
+    """How `helm upgrade` replaces groups (LWS rollingUpdateConfiguration).
+
+    LWS defaults to maxUnavailable 1, maxSurge 0: with one group a rolling update is an outage.
+    megapod surges one group instead (it needs one group's worth of spare nodes while it starts).
+    """
+
+    max_surge: Annotated[int, Field(ge=0)] = 1
+    max_unavailable: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> RolloutSpec:
+        # leaderworkerset_webhook.go (v0.7.0) refuses both 0: no rollout could make progress.
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("max_surge and max_unavailable cannot both be 0 (the rollout could not start)")
+        return self
+
+
 class ServingSpec(Strict):
     image: str = Field(
         default="ghcr.io/megapod/triton-trtllm:0.1.0",
@@ -282,10 +322,10 @@ class ServingSpec(Strict):
     startup_timeout_s: Seconds = 3600
     barrier_timeout_s: Seconds = 900
     termination_grace_s: Seconds = 120
-    exclusive_topology: str | None = Field(
-        default=None,
-        description="topology key for one group per domain, e.g. topology.k8s.aws/network-node-layer-3",
+    topology: TopologySpec | None = Field(
+        default=None, description="keep each group's pods inside one network domain (EFA locality)"
     )
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
 
 
 # --- load test, benchmark, reports ---------------------------------------------------------------

@@ -98,6 +98,9 @@ its 4-byte length. tests/test_chart.py checks the result against `ssh-keygen -y`
 {{- if not (hasPrefix (printf "%s/" $mount) .Values.model.repository) }}
 {{- fail (printf "model.repository (%s) must be inside model.mountPath (%s), the only volume the pods see" .Values.model.repository .Values.model.mountPath) }}
 {{- end }}
+{{- if and (eq (int .Values.rollout.maxSurge) 0) (eq (int .Values.rollout.maxUnavailable) 0) }}
+{{- fail "rollout.maxSurge and rollout.maxUnavailable cannot both be 0: the LWS webhook refuses it (no rollout could start)" }}
+{{- end }}
 {{- $p := .Values.ports }}
 {{- if ne (len (uniq (list $p.http $p.grpc $p.metrics $p.ssh))) 4 }}
 {{- fail (printf "ports must be distinct (http %v, grpc %v, metrics %v, ssh %v)" $p.http $p.grpc $p.metrics $p.ssh) }}

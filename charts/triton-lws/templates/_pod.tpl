@@ -41,6 +41,22 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+  {{- if and $v.group.topology.key (eq $v.group.topology.mode "preferred") }}
+  # Prefer the domain the rest of this group is in (the LWS webhook labels every pod with its
+  # group's key; matchLabelKeys needs Kubernetes 1.31+, older API servers drop the term). A
+  # preference never blocks scheduling, so the Cluster Autoscaler can still add a group.
+  affinity:
+    podAffinity:
+      preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 100
+          podAffinityTerm:
+            topologyKey: {{ $v.group.topology.key | quote }}
+            labelSelector:
+              matchLabels:
+                {{- include "triton-lws.selectorLabels" $ | nindent 16 }}
+            matchLabelKeys:
+              - leaderworkerset.sigs.k8s.io/group-key
+  {{- end }}
   containers:
     - name: {{ $role }}
       image: {{ $v.image.ref | quote }}
