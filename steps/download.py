@@ -45,6 +45,7 @@ from steps.transfer import (
     TransferError,
     check_free_space,
     cli_logging,
+    make_writable_dir,
     one_line,
     remove_journals,
     s3_client,
@@ -443,8 +444,8 @@ def download(
     # The directory is about to change: it must not look complete meanwhile.
     manifest_path(dest).unlink(missing_ok=True)
 
+    make_writable_dir(dest)
     check_free_space(dest, to_fetch)
-    dest.mkdir(parents=True, exist_ok=True)
     results = transfer_files(
         dest,
         to_fetch,

@@ -19,6 +19,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -442,6 +443,25 @@ def check_free_space(root: Path, files: Iterable[RemoteFile]) -> None:
             f"not enough space in {root}: need {human_bytes(needed)} more, {human_bytes(free)} free; "
             "free space or use another --dest"
         )
+
+
+def make_writable_dir(path: Path) -> None:
+    """Create `path` (and parents), or fail in one line saying whose permissions are missing.
+
+    The steps run as uid 1000; a volume whose root belongs to root (a static EFS PersistentVolume
+    without an access point: EFS CSI ignores fsGroup) refuses the very first mkdir.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".megapod-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except PermissionError as exc:
+        raise TransferError(
+            f"{exc.filename or path}: not writable by uid {os.getuid()} gid {os.getgid()}; the models volume "
+            "must be writable by the pipeline's user (on EFS: an access point with that PosixUser and a "
+            "root directory it owns, see README 'The models volume')"
+        ) from None
 
 
 def transfer_files(

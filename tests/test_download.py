@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from steps.transfer import transfer_files
 from tests.support.faultproxy import FaultProxy
 from tests.support.hfhub import HubServer, snapshot
 from tests.support.moto import MotoS3
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.integration
 
@@ -343,3 +346,30 @@ def test_progress_lines_in_logs(hub, tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert any("download: " in line and "%" in line and "/s" in line for line in lines)
     assert any(line.startswith("download: fetched") for line in lines)
+
+
+def test_a_volume_the_steps_user_cannot_write_is_one_line(checkpoint):
+    """The pipeline pods run as uid 1000; a root-owned volume root (a static EFS PersistentVolume
+    without an access point) refuses the first mkdir. Run for real as an unprivileged uid."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root to switch to an unprivileged uid (the CI machines run tests as root)")
+    shared = Path(tempfile.mkdtemp(prefix="megapod-volume-"))
+    try:
+        shared.chmod(0o755)  # readable by everyone, writable by root only: the volume root
+        source = shared / "source"
+        shutil.copytree(checkpoint, source)
+        volume = shared / "volume"
+        volume.mkdir(mode=0o755)
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-m", "steps.download",
+             "--source", str(source), "--dest", str(volume), "--outputs", str(shared / "outputs")],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        (line,) = [row for row in proc.stderr.splitlines() if row.startswith("error:")]
+        assert line.startswith(f"error: {volume}/checkpoints") and "not writable by uid 65534" in line
+        assert "access point" in line and "Traceback" not in proc.stderr
+        assert list(volume.iterdir()) == []
+    finally:
+        shutil.rmtree(shared)
