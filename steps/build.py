@@ -12,10 +12,14 @@ Backends (spec.backend):
   llmapi backend read) is written from the spec.
 - `cpu-python` (local profile): the checkpoint is validated and a pointer file written.
 
-Target TensorRT-LLM: v0.12.0 (Triton 24.08 `tritonserver:24.08-trtllm-python-py3`, the
-reference image). The llama converter lives at `examples/llama/convert_checkpoint.py` there;
-later releases moved it to `examples/models/core/llama/convert_checkpoint.py`; both are
-searched. TensorRT-LLM removed the TensorRT engine backend (trtllm-build, convert scripts) from
+Target TensorRT-LLM: the spec's (Spec.trtllm_version; v0.12.0 = Triton 24.08
+`tritonserver:24.08-trtllm-python-py3`, the reference image, for trtllm-engine). The build runs
+in the serving image (images/triton-trtllm), whose `python` is megapod's venv: the converters
+run with the base image's own interpreter (TRTLLM_PYTHON, `MEGAPOD_TRTLLM_PYTHON` overrides),
+as the reference does, and are found under EXAMPLES_ROOT, where the Dockerfile unpacks the
+release's `examples/`. The llama converter lives at `examples/llama/convert_checkpoint.py` in
+v0.12.0; later releases moved it to `examples/models/core/llama/convert_checkpoint.py`; both
+are searched. TensorRT-LLM removed the TensorRT engine backend (trtllm-build, convert scripts) from
 main in mid-2026 (NVIDIA/TensorRT-LLM#15763, #15907); the 1.2 release line is the newest that
 still ships `trtllm-build`, so engine builds need an image pinned to such a release.
 trtllm-build's `--gpus_per_node` defaults to 8; it is passed only when the plan differs.
@@ -37,28 +41,30 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import yaml
 
 from steps.manifest import DEFAULT_OUTPUTS, Manifest, hash_tree, read_manifest, write_manifest, write_outputs
 from steps.transfer import cli_logging
-from workflows.spec import Spec, SpecError, load_spec
+from workflows.spec import GIB, MAX_WEIGHTS_FRACTION, Spec, SpecError, load_spec
 
 log = logging.getLogger("megapod.build")
 
-TRTLLM_TARGET = "0.12.0"
 TRTLLM_BUILD_DEFAULT_GPUS_PER_NODE = 8
+# The serving image's base interpreter, which has tensorrt_llm (its `python` is megapod's venv).
+TRTLLM_PYTHON_ENV, TRTLLM_PYTHON = "MEGAPOD_TRTLLM_PYTHON", "python3"
 CONVERT_SCRIPT_PATHS = (
     "examples/llama/convert_checkpoint.py",
     "examples/models/core/llama/convert_checkpoint.py",
 )
 QUANTIZE_SCRIPT_PATH = "examples/quantization/quantize.py"
-EXAMPLES_ROOTS = ("/app/tensorrt_llm", "/opt/TensorRT-LLM", "/workspace/TensorRT-LLM")
+# Where images/triton-trtllm/Dockerfile unpacks the release's examples/ (TRTLLM_EXAMPLES_ROOT overrides).
+EXAMPLES_ROOT = "/opt/tensorrt_llm"
 # Quantizations done by NVIDIA ModelOpt through quantize.py rather than convert_checkpoint.py.
 MODELOPT_QFORMATS = {"fp8": "fp8", "int4_awq": "int4_awq"}
 LLM_API_OPTIONS = "extra_llm_api_options.yaml"
+HF_QUANT_CONFIG = "hf_quant_config.json"  # what ModelOpt's HF export writes next to config.json
 CPU_POINTER = "checkpoint.json"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -105,6 +111,8 @@ def validate_checkpoint(spec: Spec, checkpoint: Path) -> tuple[dict, str]:
     )
     if not any((tokenizer / name).exists() for name in TOKENIZER_FILES):
         problems.append(f"no tokenizer ({' or '.join(TOKENIZER_FILES)}) in {tokenizer}")
+    if spec.backend == "trtllm-pytorch":
+        problems += pytorch_problems(spec, checkpoint, config)
     if problems:
         raise BadCheckpoint(f"{checkpoint}: " + "; ".join(problems))
     manifest = read_manifest(checkpoint)
@@ -116,17 +124,84 @@ def validate_checkpoint(spec: Spec, checkpoint: Path) -> tuple[dict, str]:
     return config, digest
 
 
-def trtllm_version() -> str:
-    """The installed TensorRT-LLM version (MEGAPOD_TRTLLM_VERSION overrides, e.g. for a pinned image)."""
-    if override := os.environ.get("MEGAPOD_TRTLLM_VERSION"):
-        return override
-    try:
-        return metadata.version("tensorrt_llm")
-    except metadata.PackageNotFoundError:
+def checkpoint_quantization(checkpoint: Path, config: dict) -> str | None:
+    """The quantization the PyTorch backend finds in a checkpoint, None for a plain one.
+
+    As TensorRT-LLM's ModelConfig.from_pretrained (tensorrt_llm/_torch/model_config.py) reads
+    it: ModelOpt's hf_quant_config.json (`quantization.quant_algo`) first, else config.json's
+    `quantization_config` (its quant_algo or quant_method).
+    """
+    modelopt = checkpoint / HF_QUANT_CONFIG
+    if modelopt.is_file():
+        try:
+            return str(json.loads(modelopt.read_text())["quantization"]["quant_algo"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return "unreadable"
+    hf = config.get("quantization_config")
+    if isinstance(hf, dict):
+        return str(hf.get("quant_algo") or hf.get("quant_method") or "unknown")
+    return None
+
+
+def checkpoint_weight_bytes(checkpoint: Path) -> int:
+    """Bytes of the weights the server will load: the first weight format present (safetensors first)."""
+    for pattern in WEIGHT_PATTERNS:
+        if files := list(checkpoint.glob(pattern)):
+            return sum(f.stat().st_size for f in files)
+    return 0
+
+
+def pytorch_problems(spec: Spec, checkpoint: Path, config: dict) -> list[str]:
+    """trtllm-pytorch loads the checkpoint as it is: FP8 must already be in it, and its weights must fit."""
+    problems = []
+    found = checkpoint_quantization(checkpoint, config)
+    if spec.build.quantization == "fp8" and not (found or "").lower().startswith("fp8"):
+        what = f"is {found}" if found else f"is plain (no {HF_QUANT_CONFIG}, no quantization_config)"
+        problems.append(
+            f"build.quantization fp8 with trtllm-pytorch needs an FP8 checkpoint, this one {what}: "
+            "use a pre-quantized (ModelOpt) FP8 checkpoint, or quantize first (ModelOpt llm_ptq "
+            "--quant fp8 --export_fmt hf)"
+        )
+    weights, budget = checkpoint_weight_bytes(checkpoint), spec.group_memory_bytes * MAX_WEIGHTS_FRACTION
+    if weights > budget:
+        problems.append(
+            f"its weights take {weights / GIB:.0f} GiB, one group of {spec.world_size} x "
+            f"{spec.cluster.gpu_memory_gib:g} GiB GPUs allows {budget / GIB:.0f} GiB "
+            f"({MAX_WEIGHTS_FRACTION:.0%}); raise build.tp/build.pp or use a quantized checkpoint"
+        )
+    return problems
+
+
+def trtllm_python() -> str:
+    """The interpreter TensorRT-LLM is installed in: the serving image's base python3."""
+    return os.environ.get(TRTLLM_PYTHON_ENV) or TRTLLM_PYTHON
+
+
+# Asks the package metadata only: importing tensorrt_llm takes seconds and wants CUDA.
+VERSION_PROBE = "from importlib.metadata import version; print(version('tensorrt_llm'))"
+
+
+def trtllm_version(target: str) -> str:
+    """TensorRT-LLM's version in trtllm_python(), checked against target (MEGAPOD_TRTLLM_VERSION wins)."""
+    version = os.environ.get("MEGAPOD_TRTLLM_VERSION")
+    if not version:
+        python = trtllm_python()
+        try:
+            probe = subprocess.run([python, "-c", VERSION_PROBE], capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise BuildError(f"cannot run {python} ({exc.strerror}); set {TRTLLM_PYTHON_ENV}") from None
+        if probe.returncode:
+            raise BuildError(
+                f"TensorRT-LLM is not installed for {python} (no tensorrt_llm package); run the build in "
+                f"the serving image (images/triton-trtllm, TensorRT-LLM {target}) or set {TRTLLM_PYTHON_ENV}"
+            )
+        version = probe.stdout.strip()
+    if version != target:
         raise BuildError(
-            "TensorRT-LLM is not installed here (no tensorrt_llm package); run the build in the "
-            f"TensorRT-LLM image (target {TRTLLM_TARGET}) or set MEGAPOD_TRTLLM_VERSION"
-        ) from None
+            f"this image carries TensorRT-LLM {version}, the spec targets {target} (serving.trtllm_version); "
+            "build the image for the spec (megapod images SPEC)"
+        )
+    return version
 
 
 def build_key(spec: Spec, checkpoint_digest: str, version: str) -> str:
@@ -160,31 +235,32 @@ def available_gpus() -> int:
 
 
 def find_script(relative_paths: tuple[str, ...], name: str) -> Path:
-    """A TensorRT-LLM example script: on PATH, or under TRTLLM_EXAMPLES_ROOT / the image's source tree."""
+    """A TensorRT-LLM example script: on PATH, or under TRTLLM_EXAMPLES_ROOT (default EXAMPLES_ROOT)."""
     if found := shutil.which(name):
         return Path(found)
-    roots = [os.environ["TRTLLM_EXAMPLES_ROOT"]] if os.environ.get("TRTLLM_EXAMPLES_ROOT") else []
-    for root in [*roots, *EXAMPLES_ROOTS]:
-        for rel in relative_paths:
-            if (candidate := Path(root) / rel).is_file():
-                return candidate
+    root = Path(os.environ.get("TRTLLM_EXAMPLES_ROOT") or EXAMPLES_ROOT)
+    for rel in relative_paths:
+        if (candidate := root / rel).is_file():
+            return candidate
     raise BuildError(
-        f"{name} not found on PATH or under {', '.join([*roots, *EXAMPLES_ROOTS])} "
-        f"({' or '.join(relative_paths)}); set TRTLLM_EXAMPLES_ROOT to the TensorRT-LLM source tree"
+        f"{name} not found on PATH or under {root} ({' or '.join(relative_paths)}); "
+        "set TRTLLM_EXAMPLES_ROOT to the TensorRT-LLM source tree"
     )
 
 
 def convert_command(spec: Spec, script: Path, checkpoint: Path, converted: Path) -> list[str]:
-    """convert_checkpoint.py (or ModelOpt quantize.py for fp8/int4_awq) with flags from the spec."""
+    """convert_checkpoint.py (or ModelOpt quantize.py for fp8/int4_awq) with flags from the spec,
+    run by trtllm_python() (the reference runs both with the TensorRT-LLM image's python3)."""
     b = spec.build
+    python = trtllm_python()
     if b.quantization in MODELOPT_QFORMATS:
         return [
-            sys.executable, str(script), "--model_dir", str(checkpoint), "--output_dir", str(converted),
+            python, str(script), "--model_dir", str(checkpoint), "--output_dir", str(converted),
             "--dtype", b.dtype, "--qformat", MODELOPT_QFORMATS[b.quantization],
             "--tp_size", str(b.tp), "--pp_size", str(b.pp),
         ]  # fmt: skip
     command = [
-        sys.executable, str(script), "--model_dir", str(checkpoint), "--output_dir", str(converted),
+        python, str(script), "--model_dir", str(checkpoint), "--output_dir", str(converted),
         "--dtype", b.dtype, "--tp_size", str(b.tp), "--pp_size", str(b.pp),
     ]  # fmt: skip
     if b.quantization == "int8_wo":
@@ -303,7 +379,8 @@ def build_engines(spec: Spec, checkpoint: Path, out_root: Path, *, gpus: int | N
     """convert + trtllm-build into out_root/engines/<key>/, or reuse that directory."""
     check_build_options(spec)
     _, digest = validate_checkpoint(spec, checkpoint)
-    version = trtllm_version()
+    assert spec.trtllm_version is not None  # trtllm-engine always has one
+    version = trtllm_version(spec.trtllm_version)
     key = build_key(spec, digest, version)
     target = out_root / "engines" / key
     if hit := cached(spec, target):
@@ -337,7 +414,6 @@ def build_engines(spec: Spec, checkpoint: Path, out_root: Path, *, gpus: int | N
             extra={
                 "backend": spec.backend,
                 "trtllm_version": version,
-                "trtllm_target": TRTLLM_TARGET,
                 "commands": commands,
                 "mapping": mapping,
                 "spec_hash": spec.content_hash(),
@@ -381,8 +457,7 @@ def llm_api_options(spec: Spec) -> dict:
 def prepare_without_engine(spec: Spec, checkpoint: Path, out_root: Path) -> BuildResult:
     """trtllm-pytorch / cpu-python: validate, then write the options file or the checkpoint pointer."""
     _, digest = validate_checkpoint(spec, checkpoint)
-    version = "none" if spec.backend == "cpu-python" else os.environ.get("MEGAPOD_TRTLLM_VERSION", "pytorch")
-    key = build_key(spec, digest, version)
+    key = build_key(spec, digest, spec.trtllm_version or "none")
     target = out_root / "engines" / key
     if hit := cached(spec, target):
         return hit
@@ -399,7 +474,14 @@ def prepare_without_engine(spec: Spec, checkpoint: Path, out_root: Path) -> Buil
         source=str(checkpoint),
         revision=key,
         files=hash_tree(staging),
-        extra={"backend": spec.backend, "spec_hash": spec.content_hash(), "checkpoint_digest": digest},
+        extra={
+            "backend": spec.backend,
+            "spec_hash": spec.content_hash(),
+            "checkpoint_digest": digest,
+            # what the server will load, next to the spec's estimate (spec.weight_bytes)
+            "weight_bytes": checkpoint_weight_bytes(checkpoint),
+            "weight_bytes_estimate": round(spec.weight_bytes),
+        },
     )
     publish_dir(staging, target, manifest)
     log.info("build: %s needs no engine; wrote %s", spec.backend, target)

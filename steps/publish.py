@@ -55,8 +55,11 @@ log = logging.getLogger("megapod.publish")
 PYTHON_MODELS = ("preprocessing", "postprocessing")
 MODELS = ("ensemble", "preprocessing", "tensorrt_llm", "postprocessing")
 CPU_TEMPLATES = Path(__file__).resolve().parent / "cpu_backend" / "models"
-# Where the TRT-LLM Triton image keeps tensorrtllm_backend's templates (override with --templates).
-IMAGE_TEMPLATES = Path(os.environ.get("MEGAPOD_TRITON_TEMPLATES", "/app/all_models/inflight_batcher_llm"))
+# Where the pipeline image (images/pipeline/Dockerfile) unpacks the release's Triton model templates,
+# all_models/ of tensorrtllm_backend (or TensorRT-LLM's triton_backend/) at the spec's tag; the
+# engine flow's are under inflight_batcher_llm/ (override with --templates or the environment).
+IMAGE_MODELS = Path("/opt/tensorrtllm_backend/all_models")
+IMAGE_TEMPLATES = Path(os.environ.get("MEGAPOD_TRITON_TEMPLATES", IMAGE_MODELS / "inflight_batcher_llm"))
 S3_POINTER = "current.json"
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,14 @@ import yaml
 
 from steps import build as b
 from steps.manifest import read_manifest
+from workflows.releases import DEFAULT_TRTLLM
 from workflows.spec import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DOUBLES = ROOT / "tests" / "doubles" / "trtllm"
 EXAMPLES = ROOT / "workflows" / "examples"
 REFERENCE_405B = EXAMPLES / "llama-3.1-405b-p5.yaml"
+PYTORCH_70B = EXAMPLES / "llama-3.1-70b-pytorch-fp8.yaml"
 EIGHT_GPUS = ",".join(str(i) for i in range(8))
 
 
@@ -46,8 +50,44 @@ def doubles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TRTLLM_DOUBLE_RECORD", str(record))
     monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", EIGHT_GPUS)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setenv("MEGAPOD_TRTLLM_VERSION", b.TRTLLM_TARGET)
+    monkeypatch.setenv("MEGAPOD_TRTLLM_VERSION", DEFAULT_TRTLLM["trtllm-engine"])
     return record
+
+
+def image_python(directory: Path, trtllm_version: str) -> Path:
+    """A stand-in for the serving image's base `python3` (returns its bin dir): this interpreter,
+    with tensorrt_llm installed as pip leaves it (a dist-info whose METADATA names the version),
+    recording each run in TRTLLM_DOUBLE_RECORD.
+
+    In the image (nvcr.io/nvidia/tritonserver:24.08-trtllm-python-py3) `python3` is the base's
+    interpreter that has tensorrt_llm, while `python` is megapod's venv without it.
+    """
+    site = directory / "site-packages" / f"tensorrt_llm-{trtllm_version}.dist-info"
+    site.mkdir(parents=True)
+    (site / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tensorrt_llm\nVersion: {trtllm_version}\n")
+    log_run = (
+        "import json, os, sys; open(os.environ['TRTLLM_DOUBLE_RECORD'], 'a')"
+        ".write(json.dumps({'tool': 'python3', 'argv': sys.argv[1:]}) + chr(10))"
+    )
+    script = directory / "bin" / "python3"
+    script.parent.mkdir()
+    script.write_text(
+        "#!/bin/sh\n"
+        f'{sys.executable} -c {shlex.quote(log_run)} "$@"\n'
+        f'PYTHONPATH={site.parent} exec {sys.executable} "$@"\n'
+    )
+    script.chmod(0o755)
+    return script.parent
+
+
+def modelopt_fp8(checkpoint: Path) -> Path:
+    """What ModelOpt's HF export (llm_ptq --quant fp8 --export_fmt hf) writes next to config.json."""
+    quant = {
+        "producer": {"name": "modelopt"},
+        "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": None},
+    }
+    (checkpoint / b.HF_QUANT_CONFIG).write_text(json.dumps(quant))
+    return checkpoint
 
 
 @pytest.fixture()
@@ -216,8 +256,8 @@ def test_checkpoint_that_does_not_fit_the_plan_is_bad_input(doubles, tmp_path, c
 
 
 def test_trtllm_pytorch_writes_llm_api_options(tmp_path, capsys):
-    spec_path = EXAMPLES / "llama-3.1-70b-pytorch-fp8.yaml"
-    ckpt = llama_checkpoint(tmp_path / "70b", heads=64, layers=80)
+    spec_path = PYTORCH_70B
+    ckpt = modelopt_fp8(llama_checkpoint(tmp_path / "70b", heads=64, layers=80))
     outputs = tmp_path / "o"
     code, err = run(
         [
@@ -244,7 +284,10 @@ def test_trtllm_pytorch_writes_llm_api_options(tmp_path, capsys):
         "dtype": "fp8",
     }
     assert options["model"] == str(ckpt.resolve())
-    assert read_manifest(engines).kind == "llmapi-options"
+    manifest = read_manifest(engines)
+    assert manifest.kind == "llmapi-options"
+    # sized from what the server loads: the checkpoint's weight files
+    assert manifest.extra["weight_bytes"] == (ckpt / "model-00001-of-00001.safetensors").stat().st_size
 
 
 def test_cpu_python_validates_and_points_at_the_checkpoint(tiny_model, tmp_path, capsys):
@@ -261,3 +304,88 @@ def test_cpu_python_validates_and_points_at_the_checkpoint(tiny_model, tmp_path,
     pointer = json.loads((result.engines / b.CPU_POINTER).read_text())
     assert pointer["checkpoint"] == str(tiny_model.resolve()) and pointer["backend"] == "cpu-python"
     assert not result.cached and b.build(spec, tiny_model, tmp_path).cached
+
+
+def test_converter_and_version_come_from_the_image_python3_with_doubles(
+    tmp_path, ckpt_405b, monkeypatch, capsys
+):
+    """With test doubles: the build asks the serving image's base `python3` for tensorrt_llm's version
+    and runs convert_checkpoint.py with it, never with its own interpreter (megapod's venv, which has
+    no tensorrt_llm). The reference does the same (`python3 convert_checkpoint.py ...` in the
+    tritonserver:24.08-trtllm-python-py3 image, TensorRT-LLM v0.12.0 examples/llama/)."""
+    record = tmp_path / "argv.jsonl"
+    bin_dir = image_python(tmp_path / "image", "0.12.0")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{DOUBLES}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("TRTLLM_DOUBLE_RECORD", str(record))
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", EIGHT_GPUS)
+    monkeypatch.delenv("MEGAPOD_TRTLLM_VERSION", raising=False)
+    monkeypatch.delenv(b.TRTLLM_PYTHON_ENV, raising=False)
+    outputs = tmp_path / "o"
+    argv = ["--spec", str(REFERENCE_405B), "--checkpoint", str(ckpt_405b), "--out", str(tmp_path / "v")]
+    code, err = run([*argv, "--outputs", str(outputs)], capsys)
+    assert code == 0, err
+    manifest = read_manifest(Path((outputs / "engines").read_text()))
+    assert manifest.extra["trtllm_version"] == "0.12.0"  # from the image python's package metadata
+    convert = manifest.extra["commands"][0]
+    assert convert[0] == b.TRTLLM_PYTHON == "python3" and convert[0] != sys.executable
+    runs = recorded(record)
+    assert [r["tool"] for r in runs][:3] == ["python3", "python3", "convert_checkpoint.py"]
+    assert runs[1]["argv"][0].endswith("convert_checkpoint.py")  # python3 ran the converter
+
+
+def test_the_image_python_is_overridable_and_a_wrong_release_is_refused(
+    tmp_path, ckpt_405b, monkeypatch, capsys
+):
+    """MEGAPOD_TRTLLM_PYTHON names the interpreter; an image whose tensorrt_llm differs from the spec's
+    release fails before any conversion, naming both."""
+    record = tmp_path / "argv.jsonl"
+    python = image_python(tmp_path / "image", "0.13.0") / "python3"
+    monkeypatch.setenv(b.TRTLLM_PYTHON_ENV, str(python))
+    monkeypatch.setenv("TRTLLM_DOUBLE_RECORD", str(record))
+    monkeypatch.delenv("MEGAPOD_TRTLLM_VERSION", raising=False)
+    spec = load_spec(REFERENCE_405B)
+    assert b.convert_command(spec, Path("c.py"), ckpt_405b, tmp_path / "c")[0] == str(python)
+    code, err = run(
+        ["--spec", str(REFERENCE_405B), "--checkpoint", str(ckpt_405b), "--out", str(tmp_path / "v")], capsys
+    )
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1
+    assert "TensorRT-LLM 0.13.0" in errors[0] and "targets 0.12.0" in errors[0]
+    assert [r["tool"] for r in recorded(record)] == ["python3"]  # only the version probe ran
+
+
+def test_pytorch_fp8_refuses_a_plain_checkpoint(tmp_path, capsys):
+    """trtllm-pytorch serves FP8 weights only from a ModelOpt-quantized checkpoint: TensorRT-LLM's
+    ModelConfig.from_pretrained (tensorrt_llm/_torch/model_config.py) takes the quantization from
+    hf_quant_config.json, else config.json's quantization_config, and loads a plain checkpoint as
+    it is; docs/source/features/quantization.md at v1.0.0 ("Running Pre-quantized Models",
+    "Offline Quantization with ModelOpt"). A plain checkpoint with quantization fp8 is bad input."""
+    ckpt = llama_checkpoint(tmp_path / "70b", heads=64, layers=80)
+    out = tmp_path / "v"
+    code, err = run(["--spec", str(PYTORCH_70B), "--checkpoint", str(ckpt), "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "needs an FP8 checkpoint, this one is plain" in err and "quantize first" in err
+    assert not out.exists()
+    # quantized, but not FP8: named
+    (ckpt / b.HF_QUANT_CONFIG).write_text(json.dumps({"quantization": {"quant_algo": "NVFP4"}}))
+    code, err = run(["--spec", str(PYTORCH_70B), "--checkpoint", str(ckpt), "--out", str(out)], capsys)
+    assert code == 2 and "this one is NVFP4" in err
+    # FP8 named in config.json's quantization_config is what the backend reads too
+    (ckpt / b.HF_QUANT_CONFIG).unlink()
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "fp8"}}))
+    code, err = run(["--spec", str(PYTORCH_70B), "--checkpoint", str(ckpt), "--out", str(out)], capsys)
+    assert code == 0, err
+
+
+def test_pytorch_weights_are_sized_from_the_checkpoint(tmp_path, capsys):
+    """The PyTorch backend loads the checkpoint's own weights: one that cannot fit a group is refused
+    from its file sizes, whatever the spec's parameters_billion estimate says (70B FP8 ~ 65 GiB)."""
+    ckpt = modelopt_fp8(llama_checkpoint(tmp_path / "70b", heads=64, layers=80))
+    with (ckpt / "model-00001-of-00001.safetensors").open("r+b") as weights:
+        weights.truncate(300 * 1024**3)  # sparse: 300 GiB on paper, nothing on disk
+    code, err = run(
+        ["--spec", str(PYTORCH_70B), "--checkpoint", str(ckpt), "--out", str(tmp_path / "v")], capsys
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "its weights take 300 GiB" in err and "4 x 80 GiB GPUs allows 288 GiB" in err

@@ -55,6 +55,19 @@ def validate(spec: SpecArg) -> None:
 
 
 @app.command()
+def images(spec: SpecArg) -> None:
+    """Print the docker build commands of the serving and pipeline images for a spec's release."""
+    from workflows.images import docker_build_commands
+
+    try:
+        commands = docker_build_commands(load(spec))
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_SPEC_ERROR) from None
+    for command in commands:
+        typer.echo(command)
+
+
+@app.command()
 def render(
     spec: SpecArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("out"),

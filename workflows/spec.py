@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from workflows.releases import DEFAULT_TRTLLM, check_release
+
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 GIB = 1024**3
 
@@ -315,6 +317,11 @@ class ServingSpec(Strict):
         default="ghcr.io/megapod/triton-trtllm:0.1.0",
         description="the serving image built from images/triton-trtllm (Triton + TRT-LLM + sshd + launcher)",
     )
+    trtllm_version: str | None = Field(
+        default=None,
+        description="TensorRT-LLM release serving.image is built on (`megapod images` derives its Triton "
+        "base); default per backend: trtllm-engine 0.12.0, trtllm-pytorch 1.0.0",
+    )
     replicas: ReplicaBounds = Field(default_factory=ReplicaBounds)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     service: ServiceSpec = Field(default_factory=ServiceSpec)
@@ -452,6 +459,7 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _plan_fits(self) -> Spec:
         check_group_divides(self.build.tp, self.build.pp, self.cluster.gpus_per_node)
+        check_release(self.backend, self.serving.trtllm_version, self.serving.image)
         check_weights_fit(self)
         return self
 
@@ -460,6 +468,11 @@ class Spec(Strict):
     def world_size(self) -> int:
         """MPI ranks per model instance: one per GPU."""
         return self.build.tp * self.build.pp
+
+    @property
+    def trtllm_version(self) -> str | None:
+        """The TensorRT-LLM release the serving image carries (None: the backend runs none)."""
+        return self.serving.trtllm_version or DEFAULT_TRTLLM.get(self.backend)
 
     @property
     def group_size(self) -> int:

@@ -24,6 +24,7 @@ from reports import REPORT_PAGE
 from workflows.argo import common as c
 from workflows.argo import pod
 from workflows.chart_values import chart_values, default_repository, leader_service_host
+from workflows.images import stage_image
 from workflows.rbac import deployer_account, runner_account
 from workflows.spec import Backend, Spec
 
@@ -105,7 +106,7 @@ class Stage:
         raw_inputs, artifacts = settings.pop("raw_inputs", []), settings.pop("artifacts", [])
         return Container(
             name=template_name or self.name,
-            image=spec.images.pipeline,
+            image=stage_image(spec, self.name),
             image_pull_policy="IfNotPresent",
             command=["python", "-m", self.module],
             args=self.args,
