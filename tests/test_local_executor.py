@@ -492,3 +492,32 @@ def test_prometheus_stand_in_scrapes_the_leader_with_the_charts_rules(triton_ser
             base, f'/api/v1/query?query=count(nv_inference_request_success{{lws="{lws}"}})'
         )
         assert int(count["data"]["result"][0]["value"][1]) >= 1
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch) -> None:
+    from workflows.local import runner
+
+    frozen = time.gmtime(1_796_000_000)
+    monkeypatch.setattr(runner.time, "gmtime", lambda *_: frozen)
+    first, second = (runner.new_run_folder(tmp_path, "tiny") for _ in range(2))
+    assert first.name == "tiny-20261130-005320" and second.name == f"{first.name}-2"
+    for folder in (first, second):
+        (folder / "status.json").write_text("{}")
+    assert runner.find_run("last", tmp_path, "tiny") == second
+
+
+def test_a_port_in_time_wait_is_free_a_listening_one_is_not() -> None:
+    """A rerun within a minute: the last run's connections sit in TIME-WAIT on the side that
+    closed first; a server binding with SO_REUSEADDR (as Prometheus and moto do) may listen there."""
+    from workflows.local.standins import _refuse_taken_port
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    with pytest.raises(LocalRunError, match=f"127.0.0.1:{port} is already in use"):
+        _refuse_taken_port(f"http://127.0.0.1:{port}/")
+    accepted.close()  # the server closes first: its end of the connection goes to TIME-WAIT
+    client.close()
+    listener.close()
+    _refuse_taken_port(f"http://127.0.0.1:{port}/")

@@ -83,12 +83,27 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
+def new_run_folder(runs_dir: Path, spec_name: str) -> Path:
+    """`<name>-<UTC time>`, or `<name>-<UTC time>-<n>` when another run took that second already.
+
+    mkdir without exist_ok is the claim: two runs started in the same second never share a folder.
+    """
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{spec_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    for attempt in range(1, 1000):
+        run_dir = runs_dir / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise LocalRunError(f"{runs_dir}: more than 999 runs of {spec_name} started in one second")
+
+
 def prepare_run_folder(spec: Any, resume: str | None, runs_dir: Path) -> tuple[Path, dict[str, Any] | None]:
     """A new run folder, or the one to resume with the node list of its earlier run."""
     if resume is None:
-        run_dir = runs_dir / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-        run_dir.mkdir(parents=True, exist_ok=False)
-        return run_dir, None
+        return new_run_folder(runs_dir, spec.name), None
     run_dir = find_run(resume, runs_dir, spec.name)
     status = read_status(run_dir)
     recorded = status.get("metadata", {}).get("spec_hash")

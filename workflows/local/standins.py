@@ -55,6 +55,9 @@ def _refuse_taken_port(url: str) -> None:
     """A server already answering there (another local run?) would be taken for ours: refuse."""
     parsed = urlparse(url)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As servers bind: a port whose last connections sit in TIME-WAIT is free to listen on
+        # (a rerun within a minute); only a live listener makes the bind fail.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((parsed.hostname or "127.0.0.1", parsed.port or 80))
         except OSError:
