@@ -33,7 +33,7 @@ def spec_data(stages: list[dict], **loadtest) -> dict:
         "backend": "cpu-python",
         "cluster": {"gpus_per_node": 1, "instance_type": "cpu.local"},
         "serving": {"replicas": {"min": 1, "max": 2},
-                    "autoscaling": {"metric": "trtllm_waiting_requests", "target": 2}},
+                    "autoscaling": {"metric": "batch_slot_occupancy", "target": 0.8}},
         "loadtest": {"stages": stages, "isl": 8, "osl": 8, "sample_interval_s": 1, **loadtest},
     }
 

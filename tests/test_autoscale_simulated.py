@@ -25,7 +25,7 @@ SPEC = parse_spec({
     "build": {"tp": 1, "pp": 2},
     "cluster": {"gpus_per_node": 1},
     "serving": {"replicas": {"min": 1, "max": 2}, "autoscaling": {
-        "metric": "trtllm_waiting_requests", "target": 1, "sync_period_s": 5,
+        "metric": "request_rate", "target": 1, "sync_period_s": 5,
         "scale_up": {"stabilization_window_seconds": 0,
                      "policies": [{"type": "Pods", "value": 1, "period_seconds": 5}]},
         "scale_down": {"stabilization_window_seconds": 10,
@@ -40,7 +40,7 @@ SPEC = parse_spec({
 
 def measured_rows() -> list[dict]:
     """What a local run samples: Prometheus' recorded signal for group 0 from 3 s on (rules evaluate
-    every few seconds), 3 waiting requests while the hold stage's load is on, and the request rate."""
+    every few seconds), 3 requests/s (the signal) while the hold stage's load is on, and the request rate."""
     rows = []
     for t in range(41):
         rows.append(row(t, "load.concurrency", 4 if 5 <= t < 25 else 0))

@@ -26,15 +26,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from workflows.backend_metrics import produced_signals
 from workflows.chart_values import (
     CHART_DIR,
+    GPU_UTILIZATION_SERIES,
     SCALING_SERIES,
     adapter_metric_name,
     chart_values,
     leader_service_host,
     release_fullname,
 )
-from workflows.spec import ScalingMetric, load_spec
+from workflows.spec import Backend, ScalingMetric, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 HELM = ROOT / ".tools" / "bin" / "helm"
@@ -304,9 +306,26 @@ def test_every_value_is_read_by_a_template() -> None:
 
 def test_scaling_series_cover_every_scaling_metric() -> None:
     assert set(SCALING_SERIES) == {m.value for m in ScalingMetric}
-    rule = one(render(reference_values()), "PrometheusRule")
-    recorded = {r["record"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert set(SCALING_SERIES.values()) <= recorded
+
+
+@pytest.mark.parametrize("backend", list(Backend))
+def test_rules_record_exactly_the_signals_the_backend_produces(backend: str) -> None:
+    """One recording rule per signal workflows/backend_metrics.py says the backend produces: none for
+    gauges its version lacks (tensorrtllm_backend v0.12.0 custom_metrics_reporter.cc has no `waiting`
+    or `fraction`; v0.19.0 all_models/llmapi/tensorrt_llm/1/model.py defines no nv_trt_llm_* family)."""
+    spec = parse_spec({"name": "llama", "model": {"source": "/models/m", "parameters_billion": 1},
+                       "backend": backend, "serving": {"autoscaling": {"target": 1}}})
+    rule = one(render(chart_values(spec)), "PrometheusRule")
+    recorded = {r["record"] for g in rule["spec"]["groups"] for r in g["rules"]} - {GPU_UTILIZATION_SERIES}
+    assert recorded == {SCALING_SERIES[name] for name in produced_signals(backend, spec.trtllm_version)}
+
+
+def test_autoscaler_refuses_a_metric_the_rules_do_not_record() -> None:
+    values = with_values(**{"monitoring.signals": ["request_rate"]})
+    refused = r"autoscaling\.metric batch_slot_occupancy is not in monitoring\.signals"
+    for engine in ("hpa", "keda"):
+        with pytest.raises(HelmError, match=refused):
+            render({**values, "autoscaling": {**values["autoscaling"], "engine": engine}})
 
 
 # --- the LeaderWorkerSet and its pods -------------------------------------------------------------
@@ -426,8 +445,8 @@ def test_hpa_targets_the_lws_with_explicit_behavior() -> None:
         spec.serving.replicas.max,
     )
     (metric,) = hpa["spec"]["metrics"]
-    assert metric["pods"]["metric"]["name"] == adapter_metric_name(SCALING_SERIES["queue_compute_ratio"])
-    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "1"}
+    assert metric["pods"]["metric"]["name"] == adapter_metric_name(SCALING_SERIES["batch_slot_occupancy"])
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "0.8"}
     down = hpa["spec"]["behavior"]["scaleDown"]
     assert (
         down["stabilizationWindowSeconds"] == spec.serving.autoscaling.scale_down.stabilization_window_seconds
@@ -437,12 +456,12 @@ def test_hpa_targets_the_lws_with_explicit_behavior() -> None:
 
 def test_keda_queries_this_release_only() -> None:
     scaled = one(
-        render(with_values(**{"autoscaling.engine": "keda", "autoscaling.metric": "kv_cache_fraction"})),
+        render(with_values(**{"autoscaling.engine": "keda", "autoscaling.metric": "kv_cache_utilization"})),
         "ScaledObject",
     )
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["metadata"]["query"] == (
-        'sum(megapod:kv_cache_used:fraction{namespace="serving", lws="llama-triton-lws"})'
+        'sum(megapod:kv_cache_blocks:utilization{namespace="serving", lws="llama-triton-lws"})'
     )
     assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleUp"]["policies"]
 
@@ -452,7 +471,8 @@ def test_adapter_rules_are_explicit() -> None:
     adapter = yaml.safe_load(config["data"]["prometheus-adapter-values.yaml"])
     assert adapter["rules"]["default"] is False
     rules = adapter["rules"]["custom"]
-    assert {r["name"]["as"] for r in rules} == {adapter_metric_name(s) for s in SCALING_SERIES.values()}
+    signals = reference_values()["monitoring"]["signals"]
+    assert {r["name"]["as"] for r in rules} == {adapter_metric_name(SCALING_SERIES[s]) for s in signals}
     for rule in rules:
         series = rule["seriesQuery"].split("{")[0]
         assert series in SCALING_SERIES.values()  # no catch-all: every rule names its series

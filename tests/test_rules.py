@@ -2,7 +2,7 @@
 
 Input series reproduce two groups of one release as the PodMonitor labels them (leaders only,
 with `lws` and `group_index`): group 0 loaded, group 1 idle, plus decoys that the rules must
-ignore (the other models of the ensemble, TRT-LLM's non-waiting request types, another release
+ignore (the other models of the ensemble, the TRT-LLM gauges a signal does not divide, another release
 in the same namespace). Expected values are worked out by hand in the comments.
 """
 
@@ -15,13 +15,16 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_chart import one, reference_values, render, with_values
-from workflows.chart_values import GPU_UTILIZATION_SERIES, SCALING_SERIES
+from tests.test_chart import REFERENCE_SPEC, one, reference_values, render, with_values
+from workflows.chart_values import GPU_UTILIZATION_SERIES, SCALING_SERIES, chart_values
+from workflows.spec import DcgmLabels, load_spec
 
 NS, LWS, OTHER = "serving", "llama-triton-lws", "other-triton-lws"
 STEP_S = 15  # scrape interval of the input series (matches the PodMonitor default)
 STEPS = 40  # 10 minutes of samples
 EVAL = "5m"
+# The labels dcgm-exporter's own ServiceMonitor (honorLabels: false) leaves the GPU's pod in.
+DCGM_CHART_LABELS = ("exported_pod", "exported_namespace")
 
 
 def rules_file(values: dict[str, Any], tmp_path: Path) -> Path:
@@ -62,44 +65,46 @@ def gauge(value: float) -> str:
 
 
 def triton_series() -> list[dict[str, str]]:
-    """Triton / TRT-LLM series of two groups' leaders, plus decoys the rules must ignore."""
+    """Triton / TRT-LLM 0.12 series of two groups' leaders, plus decoys the rules must ignore.
+
+    Gauge labels as tensorrtllm_backend v0.12.0 inflight_batcher_llm/src/custom_metrics_reporter/
+    custom_metrics_reporter.cc writes them (request_type active|max|scheduled|context,
+    kv_cache_block_type max|free|used|tokens_per; no `waiting`, no `fraction`).
+    """
     trt = {"model": "tensorrt_llm", "version": "1"}
     series = []
-    for group, queue_rate, compute_rate, pending, waiting, kv in (
-        (0, 2e6, 1e6, 6, 5, 0.85),  # loaded: queueing twice as long as computing
-        (1, 0, 0, 0, 0, 0.0),  # idle: counters flat
+    for group, active, used, duration_rate, success_rate in (
+        (0, 6, 300, 2e6, 4),  # loaded: 6 of 8 slots, 300 of 1000 blocks, 4 req/s of 500 ms each
+        (1, 0, 0, 0, 0),  # idle: gauges at zero, counters flat
     ):
         series += [
-            sample("nv_inference_queue_duration_us", leader(group, **trt), counter(queue_rate)),
-            sample("nv_inference_compute_infer_duration_us", leader(group, **trt), counter(compute_rate)),
-            sample("nv_inference_pending_request_count", leader(group, **trt), gauge(pending)),
-            sample(
-                "nv_trt_llm_request_metrics", leader(group, request_type="waiting", **trt), gauge(waiting)
-            ),
-            sample(
-                "nv_trt_llm_kv_cache_block_metrics",
-                leader(group, kv_cache_block_type="fraction", **trt),
-                gauge(kv),
-            ),
+            sample("nv_trt_llm_request_metrics", leader(group, request_type="active", **trt), gauge(active)),
+            sample("nv_trt_llm_request_metrics", leader(group, request_type="max", **trt), gauge(8)),
+            sample("nv_trt_llm_kv_cache_block_metrics", leader(group, kv_cache_block_type="used", **trt),
+                   gauge(used)),
+            sample("nv_trt_llm_kv_cache_block_metrics", leader(group, kv_cache_block_type="max", **trt),
+                   gauge(1000)),
+            sample("nv_inference_request_duration_us", leader(group, **trt), counter(duration_rate)),
+            sample("nv_inference_request_success", leader(group, **trt), counter(success_rate)),
         ]
-    # Decoys: the ensemble and the tokenizer models (the reference summed all four), other
+    # Decoys: the ensemble and the tokenizer models (each request passes all four), the other
     # request types and KV-cache block counts, and another release in the same namespace.
     for decoy_model in ("ensemble", "preprocessing", "postprocessing"):
         decoy = leader(0, model=decoy_model, version="1")
         series += [
-            sample("nv_inference_queue_duration_us", decoy, counter(9e6)),
-            sample("nv_inference_compute_infer_duration_us", decoy, counter(1e5)),
-            sample("nv_inference_pending_request_count", decoy, gauge(40)),
+            sample("nv_inference_request_duration_us", decoy, counter(9e6)),
+            sample("nv_inference_request_success", decoy, counter(4)),
         ]
     other_release = leader(0, lws=OTHER, **trt)
     return [
         *series,
-        sample("nv_trt_llm_request_metrics", leader(0, request_type="active", **trt), gauge(8)),
-        sample(
-            "nv_trt_llm_kv_cache_block_metrics", leader(0, kv_cache_block_type="used", **trt), gauge(1000)
-        ),
-        sample("nv_inference_queue_duration_us", other_release, counter(5e7)),
-        sample("nv_inference_compute_infer_duration_us", other_release, counter(1e6)),
+        sample("nv_trt_llm_request_metrics", leader(0, request_type="scheduled", **trt), gauge(6)),
+        sample("nv_trt_llm_request_metrics", leader(0, request_type="context", **trt), gauge(2)),
+        sample("nv_trt_llm_kv_cache_block_metrics", leader(0, kv_cache_block_type="free", **trt), gauge(700)),
+        sample("nv_trt_llm_kv_cache_block_metrics", leader(0, kv_cache_block_type="tokens_per", **trt),
+               gauge(64)),
+        sample("nv_trt_llm_request_metrics", leader(0, lws=OTHER, request_type="active", **trt), gauge(8)),
+        sample("nv_inference_request_success", other_release, counter(50)),
     ]
 
 
@@ -181,37 +186,43 @@ def test_one_value_per_group_loaded_and_idle(tmp_path: Path) -> None:
     rules = rules_file(reference_values(), tmp_path)
     run_rule_tests(
         rules,
-        triton_series() + gpu_series(),
+        triton_series() + gpu_series(*DCGM_CHART_LABELS),
         [
-            # tensorrt_llm only: 2e6 / 1e6 = 2 (summing the four models would give 29e6 / 1.3e6).
-            per_group(SCALING_SERIES["queue_compute_ratio"], loaded=2, idle=0),
-            per_group(SCALING_SERIES["pending_requests"], loaded=6, idle=0),
-            per_group(SCALING_SERIES["trtllm_waiting_requests"], loaded=5, idle=0),
-            per_group(SCALING_SERIES["kv_cache_fraction"], loaded=0.85, idle=0),
+            per_group(SCALING_SERIES["batch_slot_occupancy"], loaded=6 / 8, idle=0),
+            per_group(SCALING_SERIES["kv_cache_utilization"], loaded=300 / 1000, idle=0),
+            # tensorrt_llm only: 2e6 us/s over 4 req/s = 500 ms (the four models would give 2.3 s)
+            per_group(SCALING_SERIES["request_latency_ms"], loaded=500, idle=0),
+            per_group(SCALING_SERIES["request_rate"], loaded=4, idle=0),
             per_group(GPU_UTILIZATION_SERIES, loaded=90, idle=0),
         ],
     )
 
 
-def test_gpu_rule_with_exported_dcgm_labels(tmp_path: Path) -> None:
-    """dcgm-exporter scraped without honorLabels puts the GPU's pod in exported_pod."""
-    values = with_values(
-        **{"monitoring.dcgm.podLabel": "exported_pod", "monitoring.dcgm.namespaceLabel": "exported_namespace"}
-    )
-    rules = rules_file(values, tmp_path)
+def test_gpu_rule_reads_the_labels_dcgm_exporters_chart_produces(tmp_path: Path) -> None:
+    """NVIDIA/dcgm-exporter deployment/values.yaml (chart 3.5.0 / tag 3.3.7-3.5.0, still in 4.8.2):
+    serviceMonitor.honorLabels false, so the GPU's pod arrives as exported_pod: the spec's default."""
+    values = chart_values(load_spec(REFERENCE_SPEC))
     run_rule_tests(
-        rules,
-        gpu_series("exported_pod", "exported_namespace"),
+        rules_file(values, tmp_path),
+        gpu_series(*DCGM_CHART_LABELS),
         [per_group(GPU_UTILIZATION_SERIES, loaded=90, idle=0)],
     )
 
 
+def test_gpu_rule_with_honored_dcgm_labels(tmp_path: Path) -> None:
+    """A Prometheus scraping dcgm-exporter with honorLabels: true keeps `pod`: cluster.dcgm_labels."""
+    spec = load_spec(REFERENCE_SPEC)
+    cluster = spec.cluster.model_copy(update={"dcgm_labels": DcgmLabels(pod="pod", namespace="namespace")})
+    rules = rules_file(chart_values(spec.model_copy(update={"cluster": cluster})), tmp_path)
+    run_rule_tests(rules, gpu_series(), [per_group(GPU_UTILIZATION_SERIES, loaded=90, idle=0)])
+
+
 def test_promtool_test_fails_on_wrong_expectation(tmp_path: Path) -> None:
-    """The rule tests can fail: the same inputs with the reference's all-model sum expectation."""
+    """The rule tests can fail: the same inputs with an all-model sum expectation."""
     rules = rules_file(reference_values(), tmp_path)
     with pytest.raises(AssertionError):
         run_rule_tests(
             rules,
             triton_series(),
-            [per_group(SCALING_SERIES["queue_compute_ratio"], loaded=29e6 / 1.3e6, idle=0)],
+            [per_group(SCALING_SERIES["request_latency_ms"], loaded=(2e6 + 3 * 9e6) / 16 / 1000, idle=0)],
         )

@@ -1,9 +1,10 @@
 """Values for charts/triton-lws, derived from a megapod spec and nothing else.
 
 `chart_values(spec)` returns a dict with exactly the key tree of charts/triton-lws/values.yaml
-(tests check it against values.schema.json). `SCALING_SERIES` is the one place that says which
-recorded Prometheus series stands for each `ScalingMetric`: the chart's recording rules, the
-adapter rules, the HPA/KEDA metric and anything querying Prometheus all follow it.
+(tests check it against values.schema.json). `SCALING_SERIES` (from workflows/backend_metrics.py)
+says which recorded Prometheus series stands for each `ScalingMetric`: the chart's recording rules,
+the adapter rules, the HPA/KEDA metric and anything querying Prometheus all follow it; the chart
+records only the signals the spec's backend produces.
 """
 
 from __future__ import annotations
@@ -11,22 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from workflows.spec import ScalingMetric, ScalingRules, Spec
+from workflows.backend_metrics import SIGNALS, produced_signals
+from workflows.spec import ScalingRules, Spec
 
 CHART_DIR = Path(__file__).resolve().parents[1] / "charts" / "triton-lws"
 
 # Recorded series (one value per LWS group, labelled with the leader pod) per scaling metric.
-SCALING_SERIES: dict[str, str] = {
-    ScalingMetric.QUEUE_COMPUTE_RATIO.value: "megapod:queue_compute:ratio",
-    ScalingMetric.PENDING_REQUESTS.value: "megapod:pending_requests:sum",
-    ScalingMetric.TRTLLM_WAITING_REQUESTS.value: "megapod:trtllm_waiting_requests:sum",
-    ScalingMetric.KV_CACHE_FRACTION.value: "megapod:kv_cache_used:fraction",
-}
+SCALING_SERIES: dict[str, str] = {signal.name: signal.series for signal in SIGNALS}
 GPU_UTILIZATION_SERIES = "megapod:gpu_utilization:avg"
 
-# The Triton model whose queue and compute times measure a group's load: the GPU-bound
-# TRT-LLM model, not the ensemble (whose stats add up its composing models) nor the CPU
-# tokenizer models.
+# The Triton model whose request counters measure a group's load: the GPU-bound TRT-LLM model
+# (the llmapi model of trtllm-pytorch has the same name), not the ensemble (whose stats add up its
+# composing models) nor the CPU tokenizer models.
 SCALING_MODEL = "tensorrt_llm"
 
 # Node labels set by EKS / the GPU operator that the spec's instance type and GPU product map to.
@@ -175,8 +172,13 @@ def chart_values(spec: Spec) -> dict[str, Any]:
             "adapterRules": {"enabled": True},
             "scalingModel": SCALING_MODEL,
             "rateWindow": "1m",
+            "signals": produced_signals(str(spec.backend), spec.trtllm_version),
             "series": dict(SCALING_SERIES),
             "gpuUtilizationSeries": GPU_UTILIZATION_SERIES,
-            "dcgm": {"enabled": True, "podLabel": "pod", "namespaceLabel": "namespace"},
+            "dcgm": {
+                "enabled": True,
+                "podLabel": cluster.dcgm_labels.pod,
+                "namespaceLabel": cluster.dcgm_labels.namespace,
+            },
         },
     }

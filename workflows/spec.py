@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from workflows.backend_metrics import SIGNALS_BY_NAME, default_signal, produced_signals
 from workflows.releases import DEFAULT_TRTLLM, check_release
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -166,6 +167,22 @@ class S3Location(Strict):
     endpoint_url: str | None = Field(default=None, description="for S3-compatible stores")
 
 
+PROMETHEUS_LABEL = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+
+
+class DcgmLabels(Strict):
+    """The labels of DCGM_FI_* series naming the pod (and its namespace) that owns the GPU.
+
+    dcgm-exporter's Helm chart (3.x and 4.x) scrapes with `honorLabels: false`, so Prometheus keeps its
+    own target labels and renames the exporter's to exported_pod / exported_namespace.
+    """
+
+    pod: str = Field(
+        default="exported_pod", pattern=PROMETHEUS_LABEL, description="`pod` with honorLabels: true"
+    )
+    namespace: str = Field(default="exported_namespace", pattern=PROMETHEUS_LABEL)
+
+
 class ClusterSpec(Strict):
     namespace: str = Field(default="default", pattern=DNS_LABEL)
     instance_type: str | None = Field(default=None, description="e.g. p5.48xlarge; used as a node selector")
@@ -193,16 +210,14 @@ class ClusterSpec(Strict):
         pattern=r"^https?://\S+$",
         description="in-cluster Prometheus for server metrics, e.g. http://prometheus-operated.monitoring:9090",
     )
+    dcgm_labels: DcgmLabels = Field(default_factory=DcgmLabels)
 
 
 # --- serving -------------------------------------------------------------------------------------
 
 
-class ScalingMetric(StrEnum):
-    QUEUE_COMPUTE_RATIO = "queue_compute_ratio"
-    PENDING_REQUESTS = "pending_requests"
-    TRTLLM_WAITING_REQUESTS = "trtllm_waiting_requests"
-    KV_CACHE_FRACTION = "kv_cache_fraction"
+# The per-group scaling signals (workflows/backend_metrics.py says which backend produces which).
+ScalingMetric = StrEnum("ScalingMetric", {name.upper(): name for name in SIGNALS_BY_NAME})
 
 
 class ScalingPolicy(Strict):
@@ -243,8 +258,13 @@ class Provisioning(Strict):
 
 class AutoscalingSpec(Strict):
     engine: Literal["hpa", "keda", "none"] = "hpa"
-    metric: ScalingMetric = ScalingMetric.QUEUE_COMPUTE_RATIO
-    target: float = Field(default=1.0, gt=0)
+    metric: ScalingMetric | None = Field(
+        default=None,
+        description="default: the backend's (batch_slot_occupancy; request_rate for trtllm-pytorch)",
+    )
+    target: float | None = Field(
+        default=None, gt=0, description="per group; default: the metric's (0.8 for the ratios), else required"
+    )
     tolerance: float = Field(default=0.1, ge=0, lt=1)
     sync_period_s: PositiveInt = 15
     scale_up: ScalingRules = Field(default_factory=_default_scale_up)
@@ -456,6 +476,35 @@ class Spec(Strict):
     images: Images = Field(default_factory=Images)
     argo: ArgoSpec = Field(default_factory=ArgoSpec)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_scaling_defaults(cls, data: Any) -> Any:
+        """Fill serving.autoscaling.metric/target left out: the backend's default signal, its target."""
+        serving = data.get("serving", {}) if isinstance(data, dict) else None
+        autoscaling = serving.get("autoscaling", {}) if isinstance(serving, dict) else None
+        backend = str(data.get("backend", Backend.TRTLLM_ENGINE)) if isinstance(data, dict) else ""
+        if not isinstance(autoscaling, dict) or backend not in set(Backend):
+            return data  # not plain data, or a bad backend: the field validators report it
+        version = serving.get("trtllm_version") or DEFAULT_TRTLLM.get(backend)
+        metric = str(autoscaling.get("metric") or default_signal(backend, version))
+        if metric not in SIGNALS_BY_NAME:
+            raise ValueError(_metric_not_produced(metric, backend, version))
+        target = autoscaling.get("target", SIGNALS_BY_NAME[metric].default_target)
+        autoscaling = {**autoscaling, "metric": metric, "target": target}
+        return {**data, "serving": {**serving, "autoscaling": autoscaling}}
+
+    @model_validator(mode="after")
+    def _backend_produces_metric(self) -> Spec:
+        metric, target = self.serving.autoscaling.metric, self.serving.autoscaling.target
+        if metric not in produced_signals(str(self.backend), self.trtllm_version):
+            raise ValueError(_metric_not_produced(str(metric), str(self.backend), self.trtllm_version))
+        if target is None:
+            raise ValueError(
+                f"serving.autoscaling.target is required for metric {metric} (per group; measure what one "
+                "group sustains with the benchmark)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _plan_fits(self) -> Spec:
         check_group_divides(self.build.tp, self.build.pp, self.cluster.gpus_per_node)
@@ -513,6 +562,14 @@ class Spec(Strict):
             "group_memory_gib": round(self.group_memory_bytes / GIB, 1),
             "weights_fraction": round(self.weight_bytes / self.group_memory_bytes, 3),
         }
+
+
+def _metric_not_produced(metric: str, backend: str, version: str | None) -> str:
+    release = f" (TensorRT-LLM {version})" if version else ""
+    return (
+        f"serving.autoscaling.metric {metric} is not produced by backend {backend}{release}; "
+        f"use one of: {', '.join(produced_signals(backend, version))}"
+    )
 
 
 # Weights may take at most this share of a group's GPU memory; the rest is KV cache and activations.

@@ -145,20 +145,21 @@ def parse_text_request(inputs: Mapping[str, np.ndarray | None], codec: TextCodec
 
 
 class SchedulerStats:
-    """Thread-safe counts behind nv_trt_llm_request_metrics and nv_trt_llm_kv_cache_block_metrics."""
+    """Thread-safe counts behind the nv_trt_llm_* gauges, named by the labels upstream gives them.
+
+    Meanings as TensorRT-LLM's IterationStats feeds them in tensorrtllm_backend v0.12.0
+    (model_instance_state.cc WaitForStats): `active` requests hold a batch slot (at most `max`; the
+    rest wait in the executor's queue, counted nowhere), `scheduled` run this iteration (all active
+    ones here), `context` are still in their context phase; KV blocks `used` + `free` = `max`.
+    """
 
     def __init__(self, max_active: int, max_sequence_len: int, tokens_per_block: int = TOKENS_PER_BLOCK):
         self.max_active = max_active
         self.tokens_per_block = tokens_per_block
         self.max_blocks = max_active * math.ceil(max_sequence_len / tokens_per_block)
         self._lock = threading.Lock()
-        self._waiting = 0
         self._context = 0
         self._lengths: dict[int, int] = {}
-
-    def waiting(self, delta: int) -> None:
-        with self._lock:
-            self._waiting += delta
 
     def context(self, delta: int) -> None:
         with self._lock:
@@ -173,23 +174,18 @@ class SchedulerStats:
                 self._lengths[request_id] = length
 
     def request_values(self) -> dict[str, float]:
+        """nv_trt_llm_request_metrics by request_type."""
         with self._lock:
             active = len(self._lengths)
-            return {
-                "waiting": self._waiting,
-                "active": active,
-                "scheduled": active,
-                "context": self._context,
-                "max": self.max_active,
-            }
+            return {"active": active, "max": self.max_active, "scheduled": active, "context": self._context}
 
     def kv_cache_values(self) -> dict[str, float]:
+        """nv_trt_llm_kv_cache_block_metrics by kv_cache_block_type."""
         with self._lock:
             used = sum(math.ceil(n / self.tokens_per_block) for n in self._lengths.values())
         return {
             "max": self.max_blocks,
-            "used": used,
             "free": self.max_blocks - used,
+            "used": used,
             "tokens_per": self.tokens_per_block,
-            "fraction": used / self.max_blocks if self.max_blocks else 0.0,
         }

@@ -1,8 +1,9 @@
 """Shared machinery of the CPU backend's decoupled Triton python models (imported only inside the stub).
 
-A request runs on its own thread; at most `max_active` sequences decode at once (the rest count as
-waiting), which is how an in-flight batcher looks from the outside. The TRT-LLM backend's custom
-gauges are published from the same counters so dashboards and autoscaling rules see real values.
+A request runs on its own thread; at most `max_active` sequences decode at once (the rest wait for
+a slot), which is how an in-flight batcher looks from the outside. The TRT-LLM backend's custom
+gauges of the version stood in for are published from the same counters, so dashboards and
+autoscaling rules see real values.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import triton_python_backend_utils as pb_utils
 
 from steps.cpu_backend.llama import GenerationParams, LlamaModel, check_fits, checkpoint_dir, generate
 from steps.cpu_backend.textgen import SchedulerStats
+from workflows.backend_metrics import CPU_PYTHON, KV_CACHE_METRICS, REQUEST_METRICS, Contract
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -93,48 +95,54 @@ def run_in_thread(work: Callable[[], None], sender) -> None:
 
 
 class TrtLlmGauges:
-    """nv_trt_llm_request_metrics / nv_trt_llm_kv_cache_block_metrics, labelled like the real backend."""
+    """The nv_trt_llm_* gauge families of the version the CPU backend stands in for, and nothing else.
 
-    def __init__(self, stats: SchedulerStats, model_name: str, version: str):
-        self.stats = stats
+    Families, labels and HELP texts come from workflows/backend_metrics.py (the cpu-python row, read
+    from tensorrtllm_backend's custom metrics reporter at the pinned tag).
+    """
+
+    def __init__(
+        self, stats: SchedulerStats, model_name: str, version: str, standing_in: Contract = CPU_PYTHON
+    ):
+        readers = {REQUEST_METRICS: stats.request_values, KV_CACHE_METRICS: stats.kv_cache_values}
         labels = {"model": model_name, "version": version}
-        # Triton drops a family whose Python object is garbage collected: keep the references.
-        self.request_family = pb_utils.MetricFamily(
-            name="nv_trt_llm_request_metrics",
-            description="TRT LLM request metrics",
-            kind=pb_utils.MetricFamily.GAUGE,
-        )
-        self.kv_family = pb_utils.MetricFamily(
-            name="nv_trt_llm_kv_cache_block_metrics",
-            description="TRT LLM KV cache block metrics",
-            kind=pb_utils.MetricFamily.GAUGE,
-        )
-        self.request_gauges = {
-            kind: self.request_family.Metric(labels={**labels, "request_type": kind})
-            for kind in stats.request_values()
-        }
-        self.kv_gauges = {
-            kind: self.kv_family.Metric(labels={**labels, "kv_cache_block_type": kind})
-            for kind in stats.kv_cache_values()
-        }
+        self._groups = []
+        for family in standing_in.families:
+            read = readers[family.name]
+            missing = set(family.values) - set(read())
+            if missing:
+                raise ValueError(f"the CPU backend cannot compute {family.name} {sorted(missing)}")
+            # Triton drops a family whose Python object is garbage collected: keep the references.
+            triton_family = pb_utils.MetricFamily(
+                name=family.name, description=family.description, kind=pb_utils.MetricFamily.GAUGE
+            )
+            gauges = {v: triton_family.Metric(labels={**labels, family.label: v}) for v in family.values}
+            self._groups.append((triton_family, read, gauges))
         self._lock = threading.Lock()
         self.publish()
 
     def publish(self) -> None:
         with self._lock:
-            for kind, value in self.stats.request_values().items():
-                self.request_gauges[kind].set(value)
-            for kind, value in self.stats.kv_cache_values().items():
-                self.kv_gauges[kind].set(value)
+            for _, read, gauges in self._groups:
+                values = read()
+                for value, gauge in gauges.items():
+                    gauge.set(values[value])
 
 
 class ConcurrentGenerator:
     """Runs greedy decoding for many requests at once, at most `max_active` sequences in flight."""
 
-    def __init__(self, model: LlamaModel, max_active: int, model_name: str, version: str):
+    def __init__(
+        self,
+        model: LlamaModel,
+        max_active: int,
+        model_name: str,
+        version: str,
+        standing_in: Contract = CPU_PYTHON,
+    ):
         self.model = model
         self.stats = SchedulerStats(max_active, model.config.max_position_embeddings)
-        self.gauges = TrtLlmGauges(self.stats, model_name, version)
+        self.gauges = TrtLlmGauges(self.stats, model_name, version, standing_in)
         self._slots = threading.BoundedSemaphore(max_active)
         self._ids = itertools.count()
 
@@ -142,10 +150,7 @@ class ConcurrentGenerator:
         """Yield new tokens; waits for a free slot first; stops early if the client cancelled."""
         check_fits(self.model, len(prompt_ids), params.max_new_tokens)
         request_id = next(self._ids)
-        self.stats.waiting(+1)
-        self.gauges.publish()
-        with self._slots:
-            self.stats.waiting(-1)
+        with self._slots:  # waiting for a slot shows in no gauge, as in the executor's queue
             self.stats.context(+1)
             self.stats.set_length(request_id, len(prompt_ids))
             self.gauges.publish()
