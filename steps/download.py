@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -44,9 +45,11 @@ from steps.transfer import (
     RemoteFile,
     TransferError,
     check_free_space,
+    check_no_path_conflicts,
     cli_logging,
     make_writable_dir,
     one_line,
+    refuse_non_directory,
     remove_journals,
     s3_client,
     safe_relpath,
@@ -59,6 +62,10 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 SOURCE_FORMS = "hf://org/name@revision, s3://bucket/prefix or an absolute path"
 HUB_CHUNK = 8 * MIB
+# A part is held by one ranged GET and re-fetched whole after a kill: beyond a few GiB the
+# resume granularity is gone. S3's largest single GET range is far above this.
+MAX_PART_SIZE_MIB = 4096
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -326,26 +333,47 @@ class S3Source:
 # --- local path --------------------------------------------------------------------------------------
 
 
+def local_version(stat: os.stat_result) -> str:
+    """What identifies one content of a local file: size, mtime, and the inode and ctime.
+
+    Size and mtime alone can be restored after a rewrite (`touch -r`, `cp -p`, os.utime); the
+    ctime cannot be set from user space, and a replaced file has a new inode, so a rewritten
+    source never matches a journal (or a listing) taken before it changed.
+    """
+    return f"{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ino}-{stat.st_ctime_ns}"
+
+
 class LocalSource:
-    """An absolute local directory (e.g. a mounted volume); the revision digests names, sizes, mtimes."""
+    """An absolute local directory (e.g. a mounted volume); the revision digests names and versions."""
 
     def __init__(self, uri: str):
         self.uri = uri
         self.root = Path(uri)
         if not self.root.is_dir():
             raise BadInput(f"{uri}: no such directory; use {SOURCE_FORMS}")
+        self.real_root = self.root.resolve()
+
+    def _files(self) -> list[Path]:
+        """Regular files under the directory; a symlink is followed only when it stays inside it."""
+        found = []
+        for top, dirs, names in os.walk(self.root):  # does not descend into symlinked directories
+            for entry in [*dirs, *names]:
+                path = Path(top) / entry
+                if path.is_symlink() and not path.resolve().is_relative_to(self.real_root):
+                    raise BadInput(
+                        f"{self.uri}: {path} is a symlink to {os.readlink(path)}, outside the source; "
+                        "only files inside the source directory are copied (copy the target in instead)"
+                    )
+            found += [Path(top) / name for name in names if (Path(top) / name).is_file()]
+        return sorted(found)
 
     def listing(self) -> Listing:
         """Every regular file under the directory."""
         files = []
-        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
+        for path in self._files():
             rel = safe_relpath(path.relative_to(self.root).as_posix(), origin=self.uri)
             stat = path.stat()
-            files.append(
-                RemoteFile(
-                    path=rel, size=stat.st_size, key=str(path), version=f"{stat.st_size}-{stat.st_mtime_ns}"
-                )
-            )
+            files.append(RemoteFile(path=rel, size=stat.st_size, key=str(path), version=local_version(stat)))
         if not files:
             raise TransferError(f"{self.uri}: directory is empty")
         listing_text = "\n".join(f"{f.path}\t{f.version}" for f in files)
@@ -353,8 +381,12 @@ class LocalSource:
         return Listing(org="local", name=self.root.name or "root", revision=revision, files=files)
 
     def fetch_range(self, file: RemoteFile, start: int, end: int, sink: PartSink) -> None:
-        """Copy bytes [start, end]."""
+        """Copy bytes [start, end]; a file changed since the listing fails instead of mixing versions."""
         with open(file.key, "rb") as handle:
+            if local_version(os.fstat(handle.fileno())) != file.version:
+                raise TransferError(
+                    f"{file.key}: changed since it was listed; rerun once nothing writes to the source"
+                )
             handle.seek(start)
             remaining = end - start + 1
             while remaining and (chunk := handle.read(min(8 * MIB, remaining))):
@@ -424,6 +456,8 @@ def download(
     source = parse_source(uri, workers=workers)
     listing = source.listing()
     files = select(listing.files, include, uri)
+    check_no_path_conflicts((f.path for f in files), origin=uri)
+    refuse_non_directory(dest_root)
     relative = safe_relpath(f"checkpoints/{listing.org}/{listing.name}/{listing.revision}", origin=uri)
     dest = dest_root / relative
     log.info("download: %s @ %s -> %s (%d files)", uri, listing.revision, dest, len(files))
@@ -469,6 +503,19 @@ def download(
     return DownloadResult(dest, listing.revision, manifest, fetched, False)
 
 
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (argparse turns the ValueError into exit 2)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; use {low} to {high}")
+        return value
+
+    parse.__name__ = "integer"  # argparse's message: "invalid integer value: 'x'"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the download step."""
     parser = argparse.ArgumentParser(prog="python -m steps.download", description=__doc__.split("\n\n")[0])
@@ -480,9 +527,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--outputs", type=Path, default=DEFAULT_OUTPUTS, help="output parameter files go here"
     )
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="files transferred in parallel")
     parser.add_argument(
-        "--part-size-mib", type=int, default=DEFAULT_PART_SIZE // MIB, help="resume granularity"
+        "--workers",
+        type=bounded_int(1, MAX_WORKERS),
+        default=DEFAULT_WORKERS,
+        help="files transferred in parallel",
+    )
+    parser.add_argument(
+        "--part-size-mib",
+        type=bounded_int(1, MAX_PART_SIZE_MIB),
+        default=DEFAULT_PART_SIZE // MIB,
+        help=f"resume granularity (1 to {MAX_PART_SIZE_MIB})",
     )
     return parser
 

@@ -41,6 +41,8 @@ PART_ATTEMPTS = 6
 JOURNAL_DIR = "partial"
 # Journals of another format (e.g. per-part digests) are ignored rather than misread.
 JOURNAL_FORMAT = "prefix-sha256"
+# The longest file name (one path component) Linux filesystems accept, in bytes.
+NAME_MAX = 255
 
 
 class TransferError(RuntimeError):
@@ -63,12 +65,31 @@ def safe_relpath(name: str, *, origin: str) -> str:
         problem = "contains '..', '.' or an empty component"
     elif path.parts[0] == MANIFEST_DIR:
         problem = f"uses the reserved directory {MANIFEST_DIR}/"
+    elif any(len(part.encode()) > NAME_MAX for part in path.parts):
+        problem = f"has a component longer than {NAME_MAX} bytes (the filesystem limit)"
     if problem:
         raise TransferError(
             f"{origin}: remote file name {name!r} {problem}; refusing to write it (names must stay "
             "inside the destination)"
         )
     return path.as_posix()
+
+
+def check_no_path_conflicts(paths: Iterable[str], *, origin: str) -> None:
+    """Refuse a file set where one name is both a file and a directory (`a` and `a/b`).
+
+    Both cannot exist on a filesystem; refusing before writing beats failing halfway with a
+    bare NotADirectoryError.
+    """
+    files = set(paths)
+    for path in sorted(files):
+        parents = PurePosixPath(path).parents
+        clash = next((p.as_posix() for p in parents if p.as_posix() in files), None)
+        if clash is not None:
+            raise TransferError(
+                f"{origin}: {clash!r} is both a file and the directory of {path!r}; a filesystem cannot "
+                "hold both, rename one at the source"
+            )
 
 
 @dataclass(frozen=True)
@@ -113,37 +134,53 @@ def mismatches(file: RemoteFile, hashers: dict[str, hashlib._Hash]) -> list[str]
 
 
 class PartJournal:
-    """Append-only record of finished parts of one file: `.megapod/partial/<path>.parts`.
+    """Append-only record of finished parts of one file: `.megapod/partial/<digest>.parts`.
 
+    The journal is named by the sha256 of the file's path, so a name of up to NAME_MAX bytes
+    (or one that is a prefix of another) still has a journal; the header names the file.
     Each record holds the sha256 of the file's bytes from 0 to the end of the part; a part
     refetched later appends a new record, and the last record of an index wins.
     """
 
     def __init__(self, root: Path, file: RemoteFile, part_size: int):
-        self.path = root / MANIFEST_DIR / JOURNAL_DIR / f"{file.path}.parts"
+        digest = hashlib.sha256(file.path.encode()).hexdigest()
+        self.path = root / MANIFEST_DIR / JOURNAL_DIR / f"{digest}.parts"
         self.header = {
             "format": JOURNAL_FORMAT,
+            "path": file.path,
             "size": file.size,
             "part_size": part_size,
             "version": file.version,
         }
 
     def load(self) -> dict[int, str]:
-        """Finished parts (index -> prefix sha256); empty when missing or for another version/format."""
+        """Finished parts (index -> prefix sha256); empty when missing, unreadable or for another
+        version/format. An unreadable journal is discarded (the file is refetched), never fatal."""
         try:
-            lines = self.path.read_text().splitlines()
-        except OSError:
+            text = self.path.read_text()
+        except FileNotFoundError:
             return {}
-        if not lines or json.loads(lines[0]) != self.header:
-            return {}
-        done = {}
-        for line in lines[1:]:
-            try:
-                record = json.loads(line)
-                done[int(record["part"])] = str(record["prefix_sha256"])
-            except (ValueError, KeyError, TypeError):
-                break  # a torn last line from a kill: ignore it and what follows
-        return done
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._discard(one_line(exc))
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):
+            lines.pop()  # a torn last line from a kill: that part is simply fetched again
+        try:
+            if not lines or json.loads(lines[0]) != self.header:
+                return {}
+            return {int(r["part"]): str(r["prefix_sha256"]) for r in map(json.loads, lines[1:])}
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            return self._discard(f"{type(exc).__name__}: {one_line(exc)}")
+
+    def _discard(self, why: str) -> dict[int, str]:
+        log.warning(
+            "%s: resume journal %s is unreadable (%s); discarding it and refetching the file",
+            self.header["path"],
+            self.path,
+            why,
+        )
+        self.path.unlink(missing_ok=True)
+        return {}
 
     def reset(self) -> None:
         """Start a fresh journal for the current version of the file."""
@@ -445,12 +482,22 @@ def check_free_space(root: Path, files: Iterable[RemoteFile]) -> None:
         )
 
 
+def refuse_non_directory(path: Path) -> None:
+    """BadInput when `path` or one of its ancestors exists but is not a directory."""
+    for probe in (path, *path.parents):
+        if probe.exists() or probe.is_symlink():
+            if not probe.is_dir():
+                raise BadInput(f"{probe}: exists and is not a directory; the destination must be a directory")
+            return
+
+
 def make_writable_dir(path: Path) -> None:
     """Create `path` (and parents), or fail in one line saying whose permissions are missing.
 
     The steps run as uid 1000; a volume whose root belongs to root (a static EFS PersistentVolume
     without an access point: EFS CSI ignores fsGroup) refuses the very first mkdir.
     """
+    refuse_non_directory(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".megapod-write-test-{os.getpid()}"

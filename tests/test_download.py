@@ -373,3 +373,142 @@ def test_a_volume_the_steps_user_cannot_write_is_one_line(checkpoint):
         assert list(volume.iterdir()) == []
     finally:
         shutil.rmtree(shared)
+
+
+# --- hostile and broken input (issue 13.3): one line or a correct result, never a traceback ---------
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, parts: int) -> None:
+    """Make LocalSource fail (like a kill) after `parts` successful ranged reads."""
+    real = dl.LocalSource.fetch_range
+    calls = {"n": 0}
+
+    def fetch_range(self, file, start, end, sink):
+        calls["n"] += 1
+        if calls["n"] > parts:
+            raise dl.TransferError("killed")
+        real(self, file, start, end, sink)
+
+    monkeypatch.setattr(dl.LocalSource, "fetch_range", fetch_range)
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "1000000000", "lots"])
+def test_part_size_out_of_range_is_refused_by_the_parser(checkpoint, tmp_path, capsys, value):
+    """argparse (CPython 3.11 Lib/argparse.py, _get_values -> type error) exits 2 with one error line."""
+    with pytest.raises(SystemExit) as exit_info:
+        dl.main(["--source", str(checkpoint), "--dest", str(tmp_path / "v"), "--part-size-mib", value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    (line,) = [row for row in err.splitlines() if "error:" in row]
+    assert "--part-size-mib" in line and "Traceback" not in err
+    assert_nothing_written(tmp_path / "v")
+
+
+def test_local_source_rewritten_with_same_size_and_mtime_is_not_mixed(checkpoint, tmp_path, monkeypatch):
+    """Killed mid-file, the source is rewritten in place and its mtime restored (`touch -r`): the rerun
+    must hold the new content only, not the old parts of the journal followed by new ones."""
+    source = tmp_path / "src"
+    shutil.copytree(checkpoint, source)
+    shard = source / "extra" / "shard-00002.safetensors"
+    interrupt_after(monkeypatch, 6)
+    with pytest.raises(dl.TransferError, match="killed"):
+        dl.download(str(source), tmp_path / "v", part_size=PART, workers=1)
+    monkeypatch.undo()
+    before = shard.stat()
+    time.sleep(0.05)  # past the kernel's coarse clock tick, so the rewrite gets a new ctime
+    with shard.open("r+b") as handle:
+        handle.write(os.urandom(before.st_size))
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = shard.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    result = dl.download(str(source), tmp_path / "v", part_size=PART, workers=1)
+    assert tree_digest(result.checkpoint) == tree_digest(source)
+
+
+def test_local_source_changing_while_read_fails_instead_of_mixing(checkpoint, tmp_path, monkeypatch):
+    """A file rewritten after the listing (between two parts) is refused, never copied half-old."""
+    source = tmp_path / "src"
+    shutil.copytree(checkpoint, source)
+    shard = source / "extra" / "shard-00002.safetensors"
+    real = dl.LocalSource.fetch_range
+
+    def fetch_range(self, file, start, end, sink):
+        real(self, file, start, end, sink)
+        if file.path.endswith("shard-00002.safetensors") and start == 0:
+            with shard.open("r+b") as handle:
+                handle.write(b"\0" * 16)
+
+    monkeypatch.setattr(dl.LocalSource, "fetch_range", fetch_range)
+    with pytest.raises(dl.TransferError, match="changed since it was listed"):
+        dl.download(str(source), tmp_path / "v", part_size=PART, workers=1)
+
+
+def test_symlink_out_of_a_local_source_is_refused(checkpoint, tmp_path, capsys):
+    source = tmp_path / "src"
+    shutil.copytree(checkpoint, source)
+    (tmp_path / "secret").write_text("not part of the model")
+    (source / "stolen.txt").symlink_to(tmp_path / "secret")
+    (source / "inside.json").symlink_to(source / "config.json")  # stays inside: followed
+    dest = tmp_path / "v"
+    code, err = run_main(["--source", str(source), "--dest", str(dest)], capsys)
+    assert code == 2 and "outside the source" in err and len(err.strip().splitlines()) == 1
+    assert_nothing_written(dest)
+    (source / "stolen.txt").unlink()
+    result = dl.download(str(source), dest)
+    assert (result.checkpoint / "inside.json").read_bytes() == (source / "config.json").read_bytes()
+
+
+def test_names_of_251_to_255_bytes_download(checkpoint, tmp_path):
+    """The longest names a filesystem holds still get a resume journal (named by digest)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for length in range(251, 256):
+        (source / ("n" * length)).write_bytes(os.urandom(PART + length))
+    result = dl.download(str(source), tmp_path / "v", part_size=PART)
+    assert tree_digest(result.checkpoint) == tree_digest(source)
+
+
+def test_s3_name_longer_than_the_filesystem_allows_is_one_line(moto_s3: MotoS3, tmp_path, capsys):
+    bucket = moto_s3.new_bucket()
+    moto_s3.client().put_object(Bucket=bucket, Key="m/" + "n" * 256, Body=b"x")
+    code, err = run_main(["--source", f"s3://{bucket}/m", "--dest", str(tmp_path / "v")], capsys)
+    assert code == 1 and "longer than 255 bytes" in err and len(err.strip().splitlines()) == 1
+
+
+def test_s3_key_that_is_both_a_file_and_a_directory_is_one_line(moto_s3: MotoS3, tmp_path, capsys):
+    """S3 keys are flat (moto 5 ListObjectsV2 returns both `m/a` and `m/a/b`); a filesystem cannot."""
+    bucket = moto_s3.new_bucket()
+    for key in ("m/a", "m/a/b"):
+        moto_s3.client().put_object(Bucket=bucket, Key=key, Body=b"x")
+    code, err = run_main(["--source", f"s3://{bucket}/m", "--dest", str(tmp_path / "v")], capsys)
+    assert code == 1 and "'a' is both a file and the directory of 'a/b'" in err
+    assert len(err.strip().splitlines()) == 1
+    assert_nothing_written(tmp_path / "v")
+
+
+def test_dest_that_is_a_file_is_one_line(checkpoint, tmp_path, capsys):
+    dest = tmp_path / "volume"
+    dest.write_text("a file")
+    code, err = run_main(["--source", str(checkpoint), "--dest", str(dest)], capsys)
+    assert code == 2 and "is not a directory" in err and len(err.strip().splitlines()) == 1
+    assert dest.read_text() == "a file"
+
+
+@pytest.mark.parametrize("garbage", [b"not json\n", b"\xff\xfe\x00garbage\n", b'{"part": 1e999}\n'])
+def test_garbage_in_a_resume_journal_discards_it_and_refetches(
+    checkpoint, tmp_path, monkeypatch, caplog, garbage
+):
+    interrupt_after(monkeypatch, 6)
+    with pytest.raises(dl.TransferError, match="killed"):
+        dl.download(str(checkpoint), tmp_path / "v", part_size=PART, workers=1)
+    monkeypatch.undo()
+    journals = sorted((tmp_path / "v").rglob(".megapod/partial/*.parts"))
+    assert journals
+    for journal in journals:
+        header = journal.read_bytes().splitlines(keepends=True)[0]
+        # Garbage in place of the header, or as a record after a valid header.
+        journal.write_bytes(header + garbage if garbage.startswith(b"{") else garbage)
+    caplog.set_level("WARNING", logger="megapod")
+    result = dl.download(str(checkpoint), tmp_path / "v", part_size=PART, workers=1)
+    assert tree_digest(result.checkpoint) == tree_digest(checkpoint)
+    assert any("resume journal" in r.getMessage() and "discarding" in r.getMessage() for r in caplog.records)
