@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 
 from steps.autoscale.loadgen import LoadPlan, LoadResult, run_load
+from steps.autoscale.simulator import simulate
 from steps.build import CPU_POINTER
 from steps.publish import CPU_TEMPLATES, render_repository
 from tests.support.prometheus import PrometheusProcess, ScrapeTarget, chart_rule_groups, start_prometheus
 from tests.support.triton import TritonProcess, start_triton
 from workflows.backend_metrics import default_signal
 from workflows.chart_values import SCALING_SERIES, release_fullname, scaling_series
-from workflows.spec import LoadStage, Spec, load_spec
+from workflows.spec import Spec, load_spec
 
 TINY_LOCAL = Path(__file__).resolve().parents[1] / "workflows" / "examples" / "tiny-local.yaml"
 RELEASE = "tiny-local"
@@ -77,6 +78,10 @@ def wait_until(prometheus: PrometheusProcess, series: str, done, timeout_s: floa
 
 @pytest.mark.integration
 def test_default_signal_rises_under_streaming_load_and_falls_after(spec: Spec, served) -> None:
+    """tiny-local's own load stages (ramp 1 stream, hold 6, drop 0; 2 batch slots): the default
+    signal is 0 idle, fills every slot while the hold stage streams, and falls back to 0 in the drop
+    stage; the HPA simulator (what the local run's autoscale stage runs) scales to 2 groups and back
+    on exactly these samples."""
     server, prometheus = served
     scaling = spec.serving.autoscaling
     # tiny-local scales on the default signal of its backend
@@ -84,26 +89,28 @@ def test_default_signal_rises_under_streaming_load_and_falls_after(spec: Spec, s
     signal, kv_cache = scaling_series(spec), SCALING_SERIES["kv_cache_utilization"]
     assert wait_until(prometheus, signal, lambda v: v == 0) == 0  # idle before the load
 
-    streams = 3 * spec.build.max_batch_size  # more streams than batch slots: some always wait
-    plan = LoadPlan(
-        (LoadStage(name="hold", concurrency=streams, duration_s=8),), isl=8, osl=48, max_requests=500
-    )
+    plan = LoadPlan.from_spec(spec.loadtest, str(spec.backend))
     results: list[LoadResult] = []
     load = threading.Thread(target=lambda: results.append(run_load(server.http_url, plan)))
+    started = time.monotonic()
     load.start()
-    peaks = {signal: 0.0, kv_cache: 0.0}
+    samples: list[tuple[float, float]] = []
+    kv_peak = 0.0
     while load.is_alive():
-        for series in peaks:
-            peaks[series] = max(peaks[series], group_value(prometheus, series))
+        samples.append((time.monotonic() - started, group_value(prometheus, signal)))
+        kv_peak = max(kv_peak, group_value(prometheus, kv_cache))
         time.sleep(0.5)
     load.join()
 
     (result,) = results
     finished = [r for r in result.records if r.error is None]
-    assert len(finished) > streams and all(r.tokens == plan.osl for r in finished)
-    # Every batch slot busy: above the target, so the HPA scales up on it.
-    assert peaks[signal] == 1.0 > scaling.target
-    assert peaks[kv_cache] > 0
-    # Back to idle once the streams finished: the HPA can scale in.
-    assert wait_until(prometheus, signal, lambda v: v == 0) == 0
-    assert wait_until(prometheus, kv_cache, lambda v: v == 0) == 0
+    assert len(finished) > spec.build.max_batch_size and all(r.tokens == plan.osl for r in finished)
+    hold_start, hold_end = (sum(st.duration_s for st in plan.stages[:n]) for n in (1, 2))
+    during = [v for t, v in samples if hold_start + 3 <= t <= hold_end]  # rules lag a scrape or two
+    after = [v for t, v in samples if t >= hold_end + 5]
+    # slots busy (a sample may catch one between a stream's end and the next start): above target
+    assert during and max(during) == 1.0 and sum(during) / len(during) > scaling.target
+    assert kv_peak > 0
+    assert after and after[-1] == 0  # the drop stage empties the slots: the HPA can scale in
+    desired = [step.desired for step in simulate(spec, samples)]
+    assert max(desired) == 2 and desired[-1] == 1

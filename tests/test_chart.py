@@ -464,6 +464,9 @@ def test_keda_queries_this_release_only() -> None:
         'sum(megapod:kv_cache_blocks:utilization{namespace="serving", lws="llama-triton-lws"})'
     )
     assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleUp"]["policies"]
+    # KEDA docs (scalers/prometheus, 2.10 to latest): with ignoreNullValues false an empty result is
+    # an error, so a signal the backend never produces shows on the ScaledObject instead of pinning min.
+    assert trigger["metadata"]["ignoreNullValues"] == "false"
 
 
 def test_adapter_rules_are_explicit() -> None:
