@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ import yaml
 
 from steps.benchmark.__main__ import main as benchmark_main
 from steps.benchmark.sweep import ToolRun, run_sweep, run_tool
-from steps.benchmark.tools import Target, aiperf_command, genai_perf_command, plan_sweep
+from steps.benchmark.tools import WARMUPS, Target, aiperf_command, genai_perf_command, plan_sweep
+from steps.contract import ENSEMBLE, LLMAPI
 from tests.support.prometheus import ScrapeTarget, start_prometheus
 from workflows.spec import load_spec
 
@@ -82,6 +84,12 @@ def test_sweep_plan_and_both_tools_command_lines_come_from_the_spec(tmp_path):
         "tensorrtllm",
     ]
     assert genai[genai.index("--request-count") + 1] == "37" and "--service-kind" not in genai
+    # The warm-up is a run of its own (perf_analyzer r24.08 has no --warmup-request-count).
+    warmup = WARMUPS["genai-perf"](spec.benchmark, point, target, tmp_path / "tok", tmp_path / "w")
+    assert "--warmup-request-count" not in genai + warmup
+    assert warmup[warmup.index("--request-count") + 1] == "3"
+    assert warmup[warmup.index("-u") + 1] == "10.0.0.1:8001"
+    assert WARMUPS["aiperf"](spec.benchmark, point, target, tmp_path / "tok", tmp_path) is None
 
 
 @pytest.mark.parametrize(
@@ -229,6 +237,10 @@ def test_genai_perf_with_perf_analyzer_test_double_against_real_triton_then_mega
         and meta["tool_version"] == "0.0.16"
         and meta["url"] == triton_server.grpc_url
     )
+    # The warm-up ran as its own genai-perf run (logged), its artifacts gone; one export remains.
+    warmup_log = (point / "warmup.log").read_text()
+    assert "/warmup-" in warmup_log and "profile_export_genai_perf.json" in warmup_log
+    assert not list(point.glob("warmup-*")) and len(list(point.rglob("profile_export.json"))) == 1
     export = json.loads(next(point.rglob("profile_export.json")).read_text())  # the double's output
     requests = export["experiments"][0]["requests"]
     assert (
@@ -242,3 +254,81 @@ def test_genai_perf_with_perf_analyzer_test_double_against_real_triton_then_mega
     assert stats["output_token_throughput"] > 0 and stats["inter_token_latency"] > 0
     assert "but the JSON says" not in (tmp_path / "report" / "summary.md").read_text()  # CSV agrees
     assert 'id="problems"' not in (tmp_path / "report" / "report.html").read_text()
+
+
+# --- the pinned perf_analyzer and the per-backend contract ------------------------------------------
+
+PIPELINE_DOCKERFILE = ROOT / "images" / "pipeline" / "Dockerfile"
+
+
+def perf_analyzer_double(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(DOUBLES / "perf_analyzer"), *args],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+
+def test_perf_analyzer_double_is_the_pipeline_images_release_and_refuses_what_it_lacks():
+    """The pipeline image's SDK tag is the perf_analyzer release the double's flag table comes from
+    (perf_analyzer r24.08 src/command_line_parser.cc long_options[]); an option outside it, such as
+    --warmup-request-count (first in r24.09), gets getopt's "unrecognized option" and exit 99
+    (GENERIC_ERROR, src/constants.h), which is what genai-perf 0.0.16 met on the 24.08 SDK."""
+    sdk = re.search(r"nvcr\.io/nvidia/tritonserver:(\d+\.\d+)-py3-sdk\b", PIPELINE_DOCKERFILE.read_text())
+    double = (DOUBLES / "perf_analyzer").read_text()
+    assert sdk and f'RELEASE = "r{sdk[1]}"' in double
+    done = perf_analyzer_double("-m", "ensemble", "--async", "--warmup-request-count", "4")
+    assert done.returncode == 99 and "unrecognized option '--warmup-request-count'" in done.stderr
+    lacking = perf_analyzer_double("-m", "ensemble", "--collect-metrics")  # in r24.08, not implemented
+    assert lacking.returncode == 1 and "--collect-metrics not implemented" in lacking.stderr
+
+
+@pytest.mark.integration
+def test_perf_analyzer_double_refuses_input_data_the_model_does_not_declare(tmp_path, triton_server):
+    """r24.08 src/data_loader.cc ReadTensorData: a data entry naming a tensor the model lacks fails."""
+    data = tmp_path / "inputs.json"
+    data.write_text(json.dumps({"data": [{"text_input": ["hi"], "max_tokens": [2], "no_such_input": [1]}]}))
+    done = perf_analyzer_double(
+        "-m", "ensemble", "--async", "-i", "grpc", "--streaming", "-u", triton_server.grpc_url,
+        "--concurrency-range", "1", "--service-kind", "triton", "--request-count", "1",
+        "--input-data", str(data), "--profile-export-file", str(tmp_path / "export.json"),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "The input or output 'no_such_input' is not found in the model configuration" in done.stderr
+
+
+def test_genai_perf_is_refused_for_the_llmapi_contract_with_one_line(tmp_path, capsys):
+    """genai-perf 0.0.16's kserve payload (genai_perf/inputs/converters/tensorrtllm_converter.py:
+    max_tokens, exclude_input_in_output, stream, min_length) names inputs the llmapi model of
+    tensorrtllm_backend v0.19.0 lacks; perf_analyzer would refuse them, so the step does first."""
+    data = yaml.safe_load(write_spec(tmp_path, "genai-perf").read_text())
+    data |= {"backend": "trtllm-pytorch", "serving": {"autoscaling": {"target": 2}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer.json").write_text("{}")
+    code = benchmark_main([
+        "--spec", str(tmp_path / "spec.yaml"), "--url", "127.0.0.1:8000", "--tokenizer", str(tokenizer),
+        "--out", str(tmp_path / "o"), "--outputs", str(tmp_path / "out"),
+    ])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "model tensorrt_llm does not declare" in err[0] and "use benchmark.tool aiperf" in err[0]
+
+
+def test_aiperf_payload_is_the_backends_contract(tmp_path):
+    """The aiperf template renders to the contract's request (steps.contract), per backend."""
+    import jinja2
+
+    spec = load_spec(write_spec(tmp_path, "aiperf"))
+    point = plan_sweep(spec.benchmark)[0]
+    bodies = {}
+    for contract in (ENSEMBLE, LLMAPI):
+        out = tmp_path / contract.model
+        out.mkdir()
+        command = aiperf_command(spec.benchmark, point, Target("h:1", "h:2", contract), tmp_path, out)
+        assert f"/v2/models/{contract.model}/generate_stream" in command
+        rendered = jinja2.Template((out / "payload_template.json").read_text()).render(
+            text="hi", max_tokens=point.osl, stream=True
+        )
+        bodies[contract.model] = json.loads(rendered)
+        assert bodies[contract.model] == contract.request("hi", point.osl, stream=True)
+    assert bodies["tensorrt_llm"] == {"text_input": "hi", "sampling_param_max_tokens": 4, "streaming": True,
+                                      "sampling_param_exclude_input_from_output": True}  # fmt: skip

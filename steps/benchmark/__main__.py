@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from steps.benchmark.sweep import run_sweep
-from steps.benchmark.tools import Target
+from steps.benchmark.tools import Target, ToolMismatch, check_tool
+from steps.contract import contract_for
 from workflows.spec import SpecError, load_spec
 
 HOST_PORT = re.compile(r"^(?:https?://)?(?P<host>[\w.-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})/?$")
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         grpc = args.grpc_url or f"{host}:{spec.serving.service.grpc_port}"
         host_port(grpc, "--grpc-url")
         check_tokenizer(args.tokenizer)
-    except (SpecError, BadInput) as exc:
+        contract = contract_for(spec.backend)
+        check_tool(spec.benchmark.tool, contract)
+    except (SpecError, BadInput, ToolMismatch) as exc:
         print(f"benchmark: {exc}", file=sys.stderr)
         return 2
     if shutil.which(spec.benchmark.tool) is None:
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    target = Target(http_url=f"{host}:{port}", grpc_url=re.sub(r"^https?://", "", grpc))
+    target = Target(http_url=f"{host}:{port}", grpc_url=re.sub(r"^https?://", "", grpc), contract=contract)
     result = run_sweep(
         spec,
         target,

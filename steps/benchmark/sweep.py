@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from steps.benchmark import prometheus
 from steps.benchmark.tools import (
     COMMANDS,
     GENAI_PERF,
+    WARMUPS,
     PointPlan,
     Target,
     plan_sweep,
@@ -29,6 +31,7 @@ from steps.benchmark.tools import (
 from workflows.spec import Spec
 
 LOG_FILE = "tool.log"
+WARMUP_LOG_FILE = "warmup.log"
 ERROR_LINES = 12
 KILL_GRACE_S = 10
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -158,20 +161,39 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
+def _warm_up(sweep: Sweep, point: PointPlan, point_dir: Path) -> ToolRun:
+    """The tool's separate warm-up run, if it needs one; its artifacts are thrown away."""
+    with tempfile.TemporaryDirectory(prefix="warmup-", dir=point_dir) as scratch:
+        warmup = WARMUPS[sweep.tool]
+        command = warmup(sweep.spec.benchmark, point, sweep.target, sweep.tokenizer, Path(scratch))
+        if command is None:
+            return ToolRun(0)
+        outcome = sweep.runner(
+            command,
+            cwd=Path(scratch),
+            log_path=point_dir / WARMUP_LOG_FILE,
+            timeout_s=sweep.spec.benchmark.point_timeout_s,
+            env=tool_environment(sweep.tool, sweep.env),
+        )
+    return outcome if outcome.error is None else ToolRun(outcome.returncode, f"warm-up: {outcome.error}")
+
+
 def run_point(sweep: Sweep, point: PointPlan) -> dict[str, Any]:
     """Run one point and write its point.json; a failure is recorded, not raised."""
     point_dir = sweep.out / point.name
     point_dir.mkdir(parents=True, exist_ok=True)
     command = COMMANDS[sweep.tool](sweep.spec.benchmark, point, sweep.target, sweep.tokenizer, point_dir)
     meta = _point_meta(sweep, point, command)
+    outcome = _warm_up(sweep, point, point_dir)
     started = time.time()
-    outcome = sweep.runner(
-        command,
-        cwd=point_dir,
-        log_path=point_dir / LOG_FILE,
-        timeout_s=sweep.spec.benchmark.point_timeout_s,
-        env=tool_environment(sweep.tool, sweep.env),
-    )
+    if outcome.error is None:
+        outcome = sweep.runner(
+            command,
+            cwd=point_dir,
+            log_path=point_dir / LOG_FILE,
+            timeout_s=sweep.spec.benchmark.point_timeout_s,
+            env=tool_environment(sweep.tool, sweep.env),
+        )
     ended = time.time()
     if outcome.returncode == 0 and not any(point_dir.rglob(EXPORT_GLOB)):
         tail = log_tail(point_dir / LOG_FILE)

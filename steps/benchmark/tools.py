@@ -1,9 +1,16 @@
 """Command lines for the two benchmark clients, built from the spec's benchmark section.
 
 aiperf 0.13 talks HTTP to Triton's `/v2/models/<model>/generate_stream` through its `template`
-endpoint (the payload template must be a file: the inline form splits on commas). genai-perf
-0.0.16 talks gRPC through perf_analyzer with `--endpoint-type kserve --backend tensorrtllm`.
-Both send the TRT-LLM ensemble's inputs and pin the output length with `min_length`.
+endpoint (the payload template must be a file: the inline form splits on commas); the payload is
+the backend's request contract (steps.contract). genai-perf 0.0.16 talks gRPC through
+perf_analyzer with `--endpoint-type kserve --backend tensorrtllm`, whose payload is the TRT-LLM
+ensemble's (genai_perf/inputs/converters/tensorrtllm_converter.py: text_input, max_tokens,
+exclude_input_in_output, stream, min_length), so it can drive only the ensemble contract.
+
+Warm-up with genai-perf is a separate, unrecorded genai-perf run of `warmup_requests` requests at
+the point's concurrency: genai-perf 0.0.16 turns its warm-up into perf_analyzer's
+`--warmup-request-count`, which the 24.08 SDK's perf_analyzer does not have (it first appears in
+perf_analyzer r24.09, src/command_line_parser.cc) and answers with its usage and exit 99.
 """
 
 from __future__ import annotations
@@ -14,17 +21,22 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from steps.contract import SERVED_MODEL
+from steps.contract import ENSEMBLE, Contract
 from workflows.spec import BenchmarkSpec
 
 AIPERF = "aiperf"
 GENAI_PERF = "genai-perf"
 TEMPLATE_FILE = "payload_template.json"
-# aiperf renders this Jinja template per request: the TRT-LLM ensemble's inputs, output length pinned.
-AIPERF_TEMPLATE = (
-    '{"text_input": {{ text|tojson }}, "max_tokens": {{ max_tokens }}, "min_length": {{ max_tokens }}, '
-    '"stream": {{ stream|tojson }}, "exclude_input_in_output": true}'
-)
+# aiperf's Jinja variables for one request's prompt, output length and streaming flag.
+AIPERF_VARIABLES = {
+    "text": "{{ text|tojson }}",
+    "max_tokens": "{{ max_tokens }}",
+    "stream": "{{ stream|tojson }}",
+}
+
+
+class ToolMismatch(ValueError):
+    """The spec's benchmark tool cannot speak the backend's contract; the message names what can."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,12 @@ class Target:
 
     http_url: str
     grpc_url: str
-    model: str = SERVED_MODEL
+    contract: Contract = ENSEMBLE
+
+    @property
+    def model(self) -> str:
+        """The model the clients address."""
+        return self.contract.model
 
 
 def plan_sweep(bench: BenchmarkSpec) -> list[PointPlan]:
@@ -65,12 +82,21 @@ def tool_version(tool: str) -> str | None:
     return match.group(0) if match else None
 
 
+def aiperf_template(contract: Contract) -> str:
+    """aiperf's payload template: the contract's request with Jinja variables in its value slots."""
+    marks = {name: f"@@{name}@@" for name in AIPERF_VARIABLES}
+    text = json.dumps(contract.request(marks["text"], marks["max_tokens"], stream=marks["stream"]))
+    for name, variable in AIPERF_VARIABLES.items():
+        text = text.replace(json.dumps(marks[name]), variable)
+    return text
+
+
 def aiperf_command(
     bench: BenchmarkSpec, point: PointPlan, target: Target, tokenizer: Path, out_dir: Path
 ) -> list[str]:
     """aiperf profile for one point; writes the payload template file into out_dir."""
     template = out_dir / TEMPLATE_FILE
-    template.write_text(AIPERF_TEMPLATE)
+    template.write_text(aiperf_template(target.contract))
     command = [
         AIPERF,
         "profile",
@@ -85,7 +111,7 @@ def aiperf_command(
         "--extra-inputs",
         f"payload_template:{template}",
         "--extra-inputs",
-        "response_field:text_output",
+        f"response_field:{target.contract.output}",
         "--tokenizer",
         str(tokenizer),
         "--isl",
@@ -120,10 +146,27 @@ def aiperf_command(
     return command
 
 
+def check_tool(tool: str, contract: Contract) -> None:
+    """Refuse genai-perf for a contract its kserve payload does not match (perf_analyzer would fail)."""
+    if tool == GENAI_PERF and contract != ENSEMBLE:
+        raise ToolMismatch(
+            f"benchmark.tool genai-perf sends the TRT-LLM ensemble's inputs (max_tokens, stream, ...), "
+            f"which model {contract.model} does not declare, and perf_analyzer refuses unknown inputs; "
+            f"use benchmark.tool aiperf for this backend"
+        )
+
+
 def genai_perf_command(
-    bench: BenchmarkSpec, point: PointPlan, target: Target, tokenizer: Path, out_dir: Path
+    bench: BenchmarkSpec,
+    point: PointPlan,
+    target: Target,
+    tokenizer: Path,
+    out_dir: Path,
+    *,
+    requests: int | None = None,
 ) -> list[str]:
-    """genai-perf profile for one point (perf_analyzer must be on PATH)."""
+    """genai-perf profile for one point (perf_analyzer must be on PATH); `requests` for a warm-up run."""
+    check_tool(GENAI_PERF, target.contract)
     command = [
         GENAI_PERF,
         "profile",
@@ -149,20 +192,29 @@ def genai_perf_command(
         "--concurrency",
         str(point.concurrency),
         "--request-count",
-        str(bench.request_count),
+        str(requests or bench.request_count),
         "--random-seed",
         str(bench.random_seed),
         "--artifact-dir",
         str(out_dir),
     ]
-    if bench.warmup_requests:
-        command += ["--warmup-request-count", str(bench.warmup_requests)]
     if bench.streaming:
         command.append("--streaming")
     return command
 
 
+def genai_perf_warmup(
+    bench: BenchmarkSpec, point: PointPlan, target: Target, tokenizer: Path, out_dir: Path
+) -> list[str] | None:
+    """The unrecorded warm-up run before a genai-perf point (None without warm-up requests)."""
+    if not bench.warmup_requests:
+        return None
+    return genai_perf_command(bench, point, target, tokenizer, out_dir, requests=bench.warmup_requests)
+
+
 COMMANDS = {AIPERF: aiperf_command, GENAI_PERF: genai_perf_command}
+# aiperf warms up in the same run (its own --warmup-request-count, not perf_analyzer's).
+WARMUPS = {AIPERF: lambda *args: None, GENAI_PERF: genai_perf_warmup}
 
 
 def tool_environment(tool: str, base: dict[str, str]) -> dict[str, str]:
