@@ -29,10 +29,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from steps.autoscale.samplers import INSTANCE_LABEL, KubeWatcher, pending_reason, release_lws_name
+from steps.contract import ENSEMBLE, Contract, contract_for
 from workflows.chart_values import CHART_DIR
 from workflows.spec import Backend, Spec, SpecError, load_spec
 
@@ -209,25 +211,35 @@ def service_endpoints(core_api, spec: Spec, release: str) -> Endpoints:
 
 # --- smoke request -------------------------------------------------------------------------------
 
-def smoke_request(grpc_endpoint: str, timeout_s: float = 60.0, model: str = "ensemble") -> int:
-    """Stream one short generation through tritonclient (gRPC); return tokens received or raise."""
+# Python type of a contract value -> (Triton datatype, numpy dtype); bool before int (a bool is an int).
+SMOKE_TYPES = ((bool, "BOOL", "bool"), (int, "INT32", "int32"), (str, "BYTES", "object"))
+
+
+def smoke_tensor(name: str, value: Any, shape: list[int]):
+    """One request field as a tritonclient input, typed as the contracts declare it."""
     import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    datatype, np_dtype = next((d, n) for kind, d, n in SMOKE_TYPES if isinstance(value, kind))
+    data = value.encode() if isinstance(value, str) else value
+    item = grpcclient.InferInput(name, shape, datatype)
+    item.set_data_from_numpy(np.array([data], dtype=np_dtype).reshape(shape))
+    return item
+
+
+def smoke_request(grpc_endpoint: str, timeout_s: float = 60.0, contract: Contract = ENSEMBLE) -> int:
+    """Stream one short generation through tritonclient (gRPC) in the backend's contract; return
+    the responses that carried text, or raise."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_endpoint)
     responses: queue.Queue = queue.Queue()
+    model = contract.model
     try:
         batched = client.get_model_config(model, as_json=True)["config"].get("max_batch_size", 0) > 0
         shape = [1, 1] if batched else [1]
-
-        def tensor(name: str, value, dtype: str, np_dtype) -> grpcclient.InferInput:
-            item = grpcclient.InferInput(name, shape, dtype)
-            item.set_data_from_numpy(np.array([value] * 1, dtype=np_dtype).reshape(shape))
-            return item
-
-        inputs = [tensor("text_input", SMOKE_PROMPT.encode(), "BYTES", object),
-                  tensor("max_tokens", SMOKE_TOKENS, "INT32", np.int32),
-                  tensor("stream", True, "BOOL", bool)]
+        inputs = [smoke_tensor(name, value, shape)
+                  for name, value in contract.request(SMOKE_PROMPT, SMOKE_TOKENS, stream=True).items()]
         client.start_stream(callback=lambda result, error: responses.put((result, error)))
         client.async_stream_infer(model, inputs, enable_empty_final_response=True)
         tokens = 0
@@ -244,7 +256,7 @@ def smoke_request(grpc_endpoint: str, timeout_s: float = 60.0, model: str = "ens
             if response.parameters.get("triton_final_response", None) and \
                     response.parameters["triton_final_response"].bool_param:
                 break
-            if result.as_numpy("text_output") is not None:
+            if result.as_numpy(contract.output) is not None:
                 tokens += 1
     finally:
         client.stop_stream()
@@ -301,7 +313,7 @@ def deploy_cluster(spec: Spec, release: str, values: Path, timeout_s: float, api
     run_helm(helm_install_command(release, spec.cluster.namespace, values))
     wait_ready(spec, release, watcher, core, timeout_s)
     endpoints = service_endpoints(core, spec, release)
-    tokens = smoke_request(endpoints.grpc)
+    tokens = smoke_request(endpoints.grpc, contract=contract_for(spec.backend))
     log.info("smoke: %d tokens streamed from %s", tokens, endpoints.grpc)
     return endpoints
 

@@ -1,16 +1,24 @@
-"""Publish the Triton model repository for the inflight batcher, validated and atomically.
+"""Publish the Triton model repository for the spec's backend, validated and atomically.
 
     python -m steps.publish --spec SPEC --engines DIR --tokenizer DIR --dest DIR|s3://bucket/prefix
                             [--templates DIR] [--outputs DIR]
 
-`render_repository` writes the four models of tensorrtllm_backend v0.12.0's
-all_models/inflight_batcher_llm (ensemble, preprocessing, tensorrt_llm, postprocessing) with
-the upstream tensor names and the parameters of REFERENCE.md derived from the spec (plus KV-cache
-fraction, KV-cache reuse, exclude_input_in_output, chunked context). Configs are built as
-Triton `ModelConfig` protobufs and every written config.pbtxt is parsed back with that protobuf
-and cross-checked (ensemble steps name existing models and tensors) before publishing. The
-python models' model.py come from a templates directory: the serving image's
-all_models/inflight_batcher_llm at run time, steps/cpu_backend/models for backend cpu-python.
+`render_repository` writes, for trtllm-engine and cpu-python, the four models of
+tensorrtllm_backend v0.12.0's all_models/inflight_batcher_llm (ensemble, preprocessing,
+tensorrt_llm, postprocessing) with the upstream tensor names and the parameters of REFERENCE.md
+derived from the spec (plus KV-cache fraction, KV-cache reuse, exclude_input_in_output, chunked
+context); for trtllm-pytorch, the one python model `tensorrt_llm` of tensorrtllm_backend
+v0.19.0's all_models/llmapi (its config.pbtxt tensors, no ensemble) configured by `1/model.yaml`:
+the LLM-API options derived from the spec (steps.build.llm_api_options) with `model` = the
+checkpoint (--engines: the checkpoint, or the build step's pointer to it). Because megapod runs
+Triton with strict configs (--disable-auto-complete-config, as upstream's launch_triton_server.py
+v0.19.0 does), model.py's auto_complete_config never runs: config.pbtxt itself carries the
+max_batch_size and decoupled that model.yaml's triton_config gives model.py (0, true: streaming).
+Configs are built as Triton `ModelConfig` protobufs and every written config.pbtxt is parsed back
+with that protobuf and cross-checked (ensemble steps name existing models and tensors) before
+publishing. The python models' code comes from a templates directory: the image's
+all_models/inflight_batcher_llm (or all_models/llmapi for trtllm-pytorch: model.py, helpers.py)
+at run time, steps/cpu_backend/models for backend cpu-python.
 
 Publishing: a directory destination is staged next to it, verified, given its manifest, then
 renamed into place. An s3:// destination gets the repository under a content-addressed prefix
@@ -31,10 +39,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from steps.build import CPU_POINTER
+from steps.build import CPU_POINTER, llm_api_options
 from steps.cpu_backend.repository import ENSEMBLE_INPUTS
 from steps.manifest import (
     DEFAULT_OUTPUTS,
@@ -60,6 +69,17 @@ CPU_TEMPLATES = Path(__file__).resolve().parent / "cpu_backend" / "models"
 # engine flow's are under inflight_batcher_llm/ (override with --templates or the environment).
 IMAGE_MODELS = Path("/opt/tensorrtllm_backend/all_models")
 IMAGE_TEMPLATES = Path(os.environ.get("MEGAPOD_TRITON_TEMPLATES", IMAGE_MODELS / "inflight_batcher_llm"))
+# The PyTorch flow's model (tensorrt_llm/1/model.py, helpers.py) in the same release's all_models/.
+IMAGE_LLMAPI_TEMPLATES = IMAGE_TEMPLATES.parent / "llmapi"
+CPU_LLMAPI_TEMPLATES = CPU_TEMPLATES / "llmapi"  # the CPU stand-in of the llmapi model.py
+LLMAPI_MODEL, LLMAPI_OPTIONS = "tensorrt_llm", "model.yaml"
+# Per backend, where publish finds the python models' code when --templates is not given (read late:
+# IMAGE_TEMPLATES may be patched).
+DEFAULT_TEMPLATES = {
+    "cpu-python": lambda: CPU_TEMPLATES,
+    "trtllm-engine": lambda: IMAGE_TEMPLATES,
+    "trtllm-pytorch": lambda: IMAGE_LLMAPI_TEMPLATES,
+}
 S3_POINTER = "current.json"
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
@@ -129,6 +149,18 @@ prompt_vocab_size:INT32:1:opt embedding_bias_words:STRING:-1:opt embedding_bias_
 ENSEMBLE_OUT = """text_output:STRING:-1 cum_log_probs:FP32:-1 output_log_probs:FP32:-1,-1
 context_logits:FP32:-1,-1
 generation_logits:FP32:-1,-1,-1 batch_index:INT32:1"""
+
+# tensorrtllm_backend v0.19.0 all_models/llmapi/tensorrt_llm/config.pbtxt (no batch dimension).
+LLMAPI_IN = """text_input:STRING:-1 streaming:BOOL:1:opt sampling_param_beam_width:INT32:1:opt
+sampling_param_temperature:FP32:1:opt sampling_param_top_k:INT32:1:opt sampling_param_top_p:FP32:1:opt
+sampling_param_frequency_penalty:FP32:1:opt sampling_param_presence_penalty:FP32:1:opt
+sampling_param_max_tokens:INT32:1:opt sampling_param_stop:STRING:-1:opt sampling_param_seed:UINT64:1:opt
+sampling_param_exclude_input_from_output:BOOL:1:opt return_finish_reason:BOOL:1:opt
+return_stop_reason:BOOL:1:opt return_cumulative_logprob:BOOL:1:opt"""
+LLMAPI_OUT = "text_output:STRING:-1 finish_reason:STRING:-1 stop_reason:STRING:-1 cumulative_logprob:FP32:-1"
+# model.yaml's triton_config: v0.19.0's model.py supports no batching (max_batch_size 0, its
+# 1/model.yaml); decoupled so that `streaming` works.
+LLMAPI_TRITON_CONFIG = {"max_batch_size": 0, "decoupled": True}
 
 # Ensemble wiring: (model, {model input: ensemble tensor}, {model output: ensemble tensor}).
 PRE_MAP = (
@@ -254,6 +286,35 @@ def ensemble_config(spec: Spec) -> mc.ModelConfig:
     return config
 
 
+def llmapi_config() -> mc.ModelConfig:
+    """The LLM-API python model, its tensors as upstream's; batching and decoupling as model.yaml's."""
+    config = mc.ModelConfig(
+        name=LLMAPI_MODEL, backend="python", max_batch_size=LLMAPI_TRITON_CONFIG["max_batch_size"]
+    )
+    config.model_transaction_policy.decoupled = LLMAPI_TRITON_CONFIG["decoupled"]
+    config.input.extend(tensors(LLMAPI_IN, mc.ModelInput))
+    config.output.extend(tensors(LLMAPI_OUT, mc.ModelOutput))
+    _cpu_instances(config)
+    return config
+
+
+def llmapi_options(spec: Spec, checkpoint: Path) -> dict:
+    """1/model.yaml: the LLM-API options of the spec, the checkpoint to load, and triton_config."""
+    return {"model": str(checkpoint), **llm_api_options(spec), "triton_config": LLMAPI_TRITON_CONFIG}
+
+
+def checkpoint_of(engines_dir: Path) -> Path:
+    """The checkpoint --engines stands for: the build step's pointer names it, or it is one."""
+    pointer = engines_dir / CPU_POINTER
+    if pointer.is_file():
+        return Path(json.loads(pointer.read_text())["checkpoint"])
+    if not (engines_dir / "config.json").is_file():
+        raise PublishError(
+            f"--engines {engines_dir}: neither a checkpoint (config.json) nor the build step's {CPU_POINTER}"
+        )
+    return engines_dir
+
+
 # --- render + validate -------------------------------------------------------------------------------
 
 
@@ -265,15 +326,11 @@ def template_for(templates_dir: Path, model: str) -> Path:
 def render_repository(
     spec: Spec, engines_dir: Path, tokenizer_dir: Path, templates_dir: Path, out_dir: Path
 ) -> Path:
-    """Write the 4-model inflight-batcher repository into out_dir (created) and validate it."""
+    """Write the spec's backend's repository into out_dir (created) and validate it."""
+    if spec.backend == "trtllm-pytorch":
+        return render_llmapi_repository(spec, engines_dir, templates_dir, out_dir)
     python_models = [*PYTHON_MODELS, *(["tensorrt_llm"] if spec.backend == "cpu-python" else [])]
-    missing = [
-        str(template_for(templates_dir, m))
-        for m in python_models
-        if not template_for(templates_dir, m).is_file()
-    ]
-    if missing:
-        raise PublishError(f"templates {templates_dir}: missing {', '.join(missing)}; pass --templates DIR")
+    check_templates(templates_dir, python_models)
     configs = {
         "ensemble": ensemble_config(spec),
         "preprocessing": python_model_config("preprocessing", spec, tokenizer_dir, PRE_IN, PRE_OUT),
@@ -281,15 +338,41 @@ def render_repository(
         "postprocessing": python_model_config("postprocessing", spec, tokenizer_dir, POST_IN, POST_OUT),
     }
     for name, config in configs.items():
-        version_dir = out_dir / name / "1"
-        version_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+        version_dir = write_config(out_dir, config)
         if name in python_models:
             shutil.copy2(template_for(templates_dir, name), version_dir / "model.py")
         else:
             (version_dir / ".keep").write_text("")  # Triton needs the version directory to exist
     validate_repository(out_dir)
     return out_dir
+
+
+def render_llmapi_repository(spec: Spec, engines_dir: Path, templates_dir: Path, out_dir: Path) -> Path:
+    """The one-model llmapi repository: config.pbtxt, 1/model.yaml, and the template's python files."""
+    check_templates(templates_dir, [LLMAPI_MODEL])
+    version_dir = write_config(out_dir, llmapi_config())
+    # model.py and what it imports from its own directory (upstream: helpers.py).
+    for source in sorted(template_for(templates_dir, LLMAPI_MODEL).parent.glob("*.py")):
+        shutil.copy2(source, version_dir / source.name)
+    options = llmapi_options(spec, checkpoint_of(engines_dir))
+    (version_dir / LLMAPI_OPTIONS).write_text(yaml.safe_dump(options, sort_keys=False))
+    validate_repository(out_dir)
+    return out_dir
+
+
+def check_templates(templates_dir: Path, models: list[str]) -> None:
+    """Every python model's model.py is in the templates directory."""
+    missing = [str(path) for path in (template_for(templates_dir, m) for m in models) if not path.is_file()]
+    if missing:
+        raise PublishError(f"templates {templates_dir}: missing {', '.join(missing)}; pass --templates DIR")
+
+
+def write_config(out_dir: Path, config: mc.ModelConfig) -> Path:
+    """<name>/config.pbtxt; returns the (created) version directory <name>/1."""
+    version_dir = out_dir / config.name / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / config.name / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return version_dir
 
 
 def parse_config(path: Path) -> mc.ModelConfig:
@@ -448,7 +531,7 @@ def publish(
     spec: Spec, engines_dir: Path, tokenizer_dir: Path, dest: str, templates_dir: Path | None = None
 ) -> Published:
     """Render into a staging directory, validate, and publish to a directory or s3:// URI."""
-    templates = templates_dir or (CPU_TEMPLATES if spec.backend == "cpu-python" else IMAGE_TEMPLATES)
+    templates = templates_dir or DEFAULT_TEMPLATES[spec.backend]()
     if dest.startswith("s3://"):
         staging = Path(os.environ.get("TMPDIR", "/tmp")) / f"megapod-publish-{uuid.uuid4().hex[:8]}"
     else:

@@ -365,13 +365,23 @@ def test_engine_dir_is_found_through_the_tensorrt_llm_config(tmp_path: Path) -> 
     assert "no engine directory" in checks.check_engine_dir(None, 16, 8)[0]
 
 
-def test_llmapi_options_must_give_the_world_size(tmp_path: Path) -> None:
-    assert checks.check_llmapi_options(tmp_path, 4) == []
-    options = tmp_path / checks.LLMAPI_OPTIONS
-    options.parent.mkdir(parents=True)
-    options.write_text("model: /m\ntensor_parallel_size: 4\npipeline_parallel_size: 2\n")
-    assert checks.check_llmapi_options(tmp_path, 8) == []
-    assert "!= world size 4" in checks.check_llmapi_options(tmp_path, 4)[0]
+def test_llmapi_options_are_read_from_the_repository_publish_writes(tiny_model: Path, tmp_path: Path) -> None:
+    """The tp x pp check reads tensorrt_llm/1/model.yaml as steps.publish renders it for
+    trtllm-pytorch (tensorrtllm_backend v0.19.0 all_models/llmapi: model.py refuses to load without
+    it and hands `model` to the LLM API); a missing file or checkpoint is a problem, not a pass."""
+    from steps.publish import CPU_LLMAPI_TEMPLATES, render_repository
+
+    spec = load_spec(ROOT / "workflows" / "examples" / "llama-3.1-70b-pytorch-fp8.yaml")
+    repo = render_repository(spec, tiny_model, tiny_model, CPU_LLMAPI_TEMPLATES, tmp_path / "repo")
+    assert checks.check_llmapi_options(repo, spec.world_size) == []
+    (wrong,) = checks.check_llmapi_options(repo, 2 * spec.world_size)
+    tp_pp = f"tensor_parallel_size {spec.build.tp} x pipeline_parallel_size {spec.build.pp}"
+    assert f"{tp_pp} != world size {2 * spec.world_size}" in wrong
+    options = repo / checks.LLMAPI_OPTIONS
+    options.write_text(options.read_text().replace(str(tiny_model), str(tmp_path / "unmounted")))
+    assert "holds no config.json" in checks.check_llmapi_options(repo, spec.world_size)[0]
+    options.unlink()
+    assert "not found; publish the repository" in checks.check_llmapi_options(repo, spec.world_size)[0]
 
 
 def test_network_summary_reports_efa_settings_and_the_nccl_plugin(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ are small stand-ins for the serving image's templates."""
 from __future__ import annotations
 
 import hashlib
+import json
 import urllib.request
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from steps import publish as p
+from steps.build import CPU_POINTER
 from steps.manifest import REPOSITORY_MANIFEST, read_manifest, repository_manifest_path
 from tests.support.faultproxy import FaultProxy
 from tests.support.triton import start_triton
-from workflows.spec import load_spec, parse_spec
+from workflows.spec import Spec, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_405B = ROOT / "workflows" / "examples" / "llama-3.1-405b-p5.yaml"
@@ -250,3 +252,88 @@ def test_published_repository_loads_in_real_tritonserver(tiny_model: Path, tmp_p
             assert answer.status == 200
     finally:
         server.stop()
+
+
+# --- trtllm-pytorch: the LLM-API model of tensorrtllm_backend v0.19.0 all_models/llmapi ---------
+
+TINY_LOCAL = ROOT / "workflows" / "examples" / "tiny-local.yaml"
+# tensorrtllm_backend v0.19.0 all_models/llmapi/tensorrt_llm/config.pbtxt, in its order.
+LLMAPI_V0_19_INPUTS = [
+    "text_input", "streaming", "sampling_param_beam_width", "sampling_param_temperature",
+    "sampling_param_top_k", "sampling_param_top_p", "sampling_param_frequency_penalty",
+    "sampling_param_presence_penalty", "sampling_param_max_tokens", "sampling_param_stop",
+    "sampling_param_seed", "sampling_param_exclude_input_from_output", "return_finish_reason",
+    "return_stop_reason", "return_cumulative_logprob",
+]  # fmt: skip
+LLMAPI_V0_19_OUTPUTS = ["text_output", "finish_reason", "stop_reason", "cumulative_logprob"]
+
+
+def pytorch_spec(**build) -> Spec:
+    """The tiny-local spec on backend trtllm-pytorch (its default scaling signal)."""
+    data = yaml.safe_load(TINY_LOCAL.read_text())
+    data["backend"] = "trtllm-pytorch"
+    data["serving"]["autoscaling"].pop("metric")
+    data["build"].update(build)
+    return parse_spec(data)
+
+
+@pytest.fixture()
+def llmapi_templates(tmp_path: Path) -> Path:
+    """Stand-ins for the image's all_models/llmapi (model.py imports helpers.py from its directory)."""
+    version_dir = tmp_path / "llmapi" / "tensorrt_llm" / "1"
+    version_dir.mkdir(parents=True)
+    for name in ("model.py", "helpers.py"):
+        (version_dir / name).write_text(f"# stand-in for tensorrt_llm/1/{name}\n")
+    # upstream ships an example model.yaml; publish writes the spec's instead
+    (version_dir / "model.yaml").write_text("model: TinyLlama/TinyLlama-1.1B-Chat-v1.0\n")
+    return tmp_path / "llmapi"
+
+
+def test_pytorch_backend_publishes_the_one_llmapi_model_configured_by_model_yaml(
+    llmapi_templates, tiny_model, tmp_path
+):
+    """tensorrtllm_backend v0.19.0 all_models/llmapi: one python model `tensorrt_llm` (no ensemble),
+    its config.pbtxt tensors, 1/model.py + helpers.py from the image, 1/model.yaml = LLM-API args
+    (tensorrt_llm/1/model.py passes everything but triton_config to the LLM) from the spec."""
+    spec = pytorch_spec(tp=2, pp=1, max_batch_size=6, max_num_tokens=384, kv_cache_free_gpu_mem_fraction=0.7)
+    repo = p.render_repository(spec, tiny_model, tiny_model, llmapi_templates, tmp_path / "repo")
+    assert sorted(child.name for child in repo.iterdir()) == ["tensorrt_llm"]
+    config = parsed(repo, "tensorrt_llm")
+    assert config.backend == "python" and not config.platform and not config.parameters
+    assert [t.name for t in config.input] == LLMAPI_V0_19_INPUTS
+    assert [t.name for t in config.output] == LLMAPI_V0_19_OUTPUTS
+    assert [t.name for t in config.input if not t.optional] == ["text_input"]
+    version_dir = repo / "tensorrt_llm" / "1"
+    assert sorted(f.name for f in version_dir.iterdir()) == ["helpers.py", "model.py", "model.yaml"]
+    assert (version_dir / "helpers.py").read_text() == "# stand-in for tensorrt_llm/1/helpers.py\n"
+    options = yaml.safe_load((version_dir / "model.yaml").read_text())
+    assert options["model"] == str(tiny_model) and options["backend"] == "pytorch"
+    assert (options["tensor_parallel_size"], options["pipeline_parallel_size"]) == (2, 1)
+    assert (options["max_batch_size"], options["max_num_tokens"]) == (6, 384)
+    assert options["kv_cache_config"]["free_gpu_memory_fraction"] == 0.7
+    # Strict configs (the launcher's --disable-auto-complete-config): model.py's auto_complete_config,
+    # which copies triton_config into the config, never runs, so config.pbtxt says the same itself.
+    assert options["triton_config"] == {"max_batch_size": 0, "decoupled": True}
+    assert config.max_batch_size == 0 and config.model_transaction_policy.decoupled
+
+
+def test_pytorch_backend_loads_the_checkpoint_the_build_pointer_names(llmapi_templates, tiny_model, tmp_path):
+    """--engines may be the build step's output for trtllm-pytorch (a pointer) or the checkpoint."""
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / CPU_POINTER).write_text(json.dumps({"checkpoint": str(tiny_model)}))
+    repo = p.render_repository(pytorch_spec(), built, tiny_model, llmapi_templates, tmp_path / "repo")
+    assert yaml.safe_load((repo / "tensorrt_llm/1/model.yaml").read_text())["model"] == str(tiny_model)
+    with pytest.raises(p.PublishError, match="neither a checkpoint"):
+        p.render_repository(pytorch_spec(), tmp_path, tiny_model, llmapi_templates, tmp_path / "r2")
+
+
+def test_pytorch_backend_takes_its_templates_from_the_images_llmapi_dir(tiny_model, tmp_path, capsys):
+    """Without --templates, trtllm-pytorch reads all_models/llmapi beside the engine templates."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(pytorch_spec().model_dump(mode="json")))
+    code = p.main(["--spec", str(spec_file), "--engines", str(tiny_model), "--tokenizer", str(tiny_model),
+                   "--dest", str(tmp_path / "out"), "--outputs", str(tmp_path / "o")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert f"missing {p.IMAGE_LLMAPI_TEMPLATES}/tensorrt_llm/1/model.py" in err[0]

@@ -5,6 +5,8 @@ above the current concurrency wait for a later stage. The run is bounded by the 
 `max_requests`; a request still streaming at the end is cut off at the deadline and recorded as an
 error ("deadline"), so slow streams never extend the run. Every request is recorded: start, time to
 first token, end, tokens streamed, error, stage, and the serving group when the server names it.
+Requests follow the backend's contract (steps.contract): one SSE event is one generation step
+whether the backend streams the new text or the whole text so far.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import aiohttp
 
-from steps.contract import SERVED_MODEL
+from steps.contract import ENSEMBLE, Contract, contract_for
 from workflows.spec import LoadStage, LoadTestSpec
 
 # A response header a proxy or server may set to say which group answered; absent on plain Triton.
@@ -48,11 +50,14 @@ class LoadPlan:
     osl: int
     max_requests: int
     request_timeout_s: float | None = None  # default: the whole run is the only bound
+    contract: Contract = ENSEMBLE
 
     @classmethod
-    def from_spec(cls, loadtest: LoadTestSpec) -> LoadPlan:
-        """The plan the spec's loadtest section describes."""
-        return cls(tuple(loadtest.stages), loadtest.isl, loadtest.osl, loadtest.max_requests)
+    def from_spec(cls, loadtest: LoadTestSpec, backend: str | None = None) -> LoadPlan:
+        """The plan the spec's loadtest section describes, in the contract of the spec's backend."""
+        contract = contract_for(backend) if backend else ENSEMBLE
+        stages = tuple(loadtest.stages)
+        return cls(stages, loadtest.isl, loadtest.osl, loadtest.max_requests, contract=contract)
 
     @property
     def duration_s(self) -> float:
@@ -78,15 +83,8 @@ def prompt(isl: int) -> str:
 
 
 def request_body(plan: LoadPlan) -> bytes:
-    """The generate_stream JSON body: fixed output length so every request does the same work."""
-    return json.dumps({
-        "text_input": prompt(plan.isl),
-        "max_tokens": plan.osl,
-        "min_tokens": plan.osl,
-        "ignore_eos": True,
-        "stream": True,
-        "exclude_input_in_output": True,
-    }).encode()
+    """The generate_stream JSON body (the contract pins the output length where the model can)."""
+    return json.dumps(plan.contract.request(prompt(plan.isl), plan.osl, stream=True)).encode()
 
 
 @dataclass
@@ -106,7 +104,8 @@ class LoadGenerator:
 
     def __init__(self, url: str, plan: LoadPlan, *, clock: Callable[[], float] = time.monotonic,
                  on_stage: Callable[[LoadStage, float], None] | None = None) -> None:
-        self.endpoint = f"http://{url.removeprefix('http://')}/v2/models/{SERVED_MODEL}/generate_stream"
+        model = plan.contract.model
+        self.endpoint = f"http://{url.removeprefix('http://')}/v2/models/{model}/generate_stream"
         self.plan = plan
         self.clock = clock
         self.on_stage = on_stage

@@ -102,18 +102,27 @@ def check_engine_dir(engine_dir: Path | None, world_size: int, gpus_per_pod: int
 
 
 def check_llmapi_options(repository: Path, world_size: int) -> list[str]:
-    """For trtllm-pytorch: tensor x pipeline parallel sizes in model.yaml must give the world size."""
+    """For trtllm-pytorch: the model.yaml steps.publish writes must exist, give tp x pp = the world
+    size, and name a checkpoint this pod can read (tensorrtllm_backend v0.19.0 llmapi model.py
+    refuses to load without the file and hands `model` to the LLM API as is)."""
     options = repository / LLMAPI_OPTIONS
     if not options.is_file():
-        return []  # optional: the LLM API then takes its defaults, checked at load
-    data = yaml.safe_load(options.read_text()) or {}
+        return [f"{options} not found; publish the repository for backend trtllm-pytorch (steps.publish)"]
+    try:
+        data = yaml.safe_load(options.read_text()) or {}
+    except yaml.YAMLError as exc:
+        return [f"{options}: not YAML ({str(exc).splitlines()[0]})"]
     tp = int(data.get("tensor_parallel_size", 1))
     pp = int(data.get("pipeline_parallel_size", 1))
+    problems = []
     if tp * pp != world_size:
-        return [
+        problems.append(
             f"{options}: tensor_parallel_size {tp} x pipeline_parallel_size {pp} != world size {world_size}"
-        ]
-    return []
+        )
+    model = Path(str(data.get("model", "")))
+    if not (model / "config.json").is_file():
+        problems.append(f"{options}: model {model} holds no config.json; is the model volume mounted?")
+    return problems
 
 
 def network_summary(env: Mapping[str, str], lib_dirs: Iterable[str] = NCCL_NET_DIRS) -> str:
