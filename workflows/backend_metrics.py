@@ -123,7 +123,7 @@ TRTLLM_ENGINE_0_18 = Contract(
     source=f"tensorrtllm_backend v0.18.0 and v0.19.0 {REPORTER}, inflight_batcher_llm/src/"
     "model_instance_state.cc",
 )
-TRTLLM_PYTORCH = Contract(
+TRTLLM_PYTORCH_0_19 = Contract(
     backend="trtllm-pytorch",
     since="0.19.0",  # the first tag with the llmapi model
     families=(),  # model.py creates no pb_utils.MetricFamily (nor does TensorRT-LLM main's)
@@ -141,7 +141,7 @@ CPU_PYTHON = Contract(
     request_stats=RequestStats.EXECUTE_RETURN,
     source=f"stands in for {TRTLLM_ENGINE_0_12.source}; python_backend r24.08 src/pb_metric_reporter.cc",
 )
-CONTRACTS = (TRTLLM_ENGINE_0_12, TRTLLM_ENGINE_0_18, TRTLLM_PYTORCH, CPU_PYTHON)
+CONTRACTS = (TRTLLM_ENGINE_0_12, TRTLLM_ENGINE_0_18, TRTLLM_PYTORCH_0_19, CPU_PYTHON)
 
 
 def contract(backend: str, version: str | None = None) -> Contract:
