@@ -15,8 +15,9 @@ import yaml
 
 from steps.autoscale.__main__ import kube_client, run
 from steps.autoscale.__main__ import main as autoscale_main
-from steps.autoscale.loadgen import LoadGenerator, LoadPlan, run_load
+from steps.autoscale.loadgen import LoadGenerator, LoadPlan, prompt, request_body, run_load
 from steps.autoscale.samplers import KubeWatcher
+from steps.contract import ENSEMBLE, LLMAPI
 from tests.support import kube
 from tests.support.prometheus import ScrapeTarget, chart_rule_groups, start_prometheus
 from workflows.chart_values import scaling_series
@@ -88,6 +89,21 @@ def test_loadgen_counts_server_errors_and_slow_streams(triton_server) -> None:
     assert time.monotonic() - started < 4.5  # max_requests reached: the run ends early
     assert record.error == "timeout"
     assert 0 < record.tokens < 480 and record.ttft_s is not None
+
+
+def test_loadgen_requests_follow_the_backends_contract() -> None:
+    """The engine path's ensemble (tensorrtllm_backend v0.12.0 ensemble/config.pbtxt: min_length pins
+    the length) and the PyTorch flow's llmapi model (v0.19.0 all_models/llmapi/tensorrt_llm/config.pbtxt:
+    sampling_param_max_tokens, streaming; no input pins the length) get their own fields and model."""
+    loadtest = parse_spec({"name": "x", "model": {"source": "/m", "parameters_billion": 1}}).loadtest
+    for backend, contract in (("trtllm-engine", ENSEMBLE), ("trtllm-pytorch", LLMAPI)):
+        plan = LoadPlan.from_spec(loadtest, backend)
+        body = json.loads(request_body(plan))
+        assert body == contract.request(prompt(loadtest.isl), loadtest.osl, stream=True)
+        assert LoadGenerator("h:1", plan).endpoint == f"http://h:1/v2/models/{contract.model}/generate_stream"
+    assert body == {"text_input": prompt(loadtest.isl), "sampling_param_max_tokens": loadtest.osl,
+                    "streaming": True, "sampling_param_exclude_input_from_output": True}  # fmt: skip
+    assert json.loads(request_body(LoadPlan.from_spec(loadtest)))["min_length"] == loadtest.osl
 
 
 def asyncio_run(generator: LoadGenerator):

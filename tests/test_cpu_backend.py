@@ -17,6 +17,7 @@ import tritonclient.grpc as grpcclient
 from safetensors.numpy import load_file, save_file
 
 from steps.build import CPU_POINTER
+from steps.contract import LLMAPI
 from steps.cpu_backend.inflight import decode_tokens_batch, word_list_tensor, word_lists_from_tensor
 from steps.cpu_backend.llama import GenerationParams, LlamaModel, generate
 from steps.cpu_backend.repository import DEFAULT_MAX_BATCH_SIZE
@@ -450,3 +451,122 @@ def test_tensorrt_llm_model_speaks_token_ids_over_grpc(
     assert len(results) == 1
     assert results[0].as_numpy("output_ids").tolist() == [[tokens]]  # exclude_input_in_output=true
     assert results[0].as_numpy("sequence_length").tolist() == [[len(tokens)]]
+
+
+# --- the LLM-API model (trtllm-pytorch): tensorrtllm_backend v0.19.0 all_models/llmapi ----------
+# The repository is what steps.publish renders for backend trtllm-pytorch, with the CPU stand-in's
+# model.py as the template; it speaks v0.19.0's tensorrt_llm/1/model.py + helpers.py contract.
+
+
+@pytest.fixture(scope="module")
+def llmapi_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    from steps.publish import CPU_LLMAPI_TEMPLATES, publish
+    from tests.test_publish import pytorch_spec
+
+    workdir = tmp_path_factory.mktemp("llmapi")
+    repository = str(workdir / "repository")
+    published = publish(pytorch_spec(), tiny_model, tiny_model, repository, CPU_LLMAPI_TEMPLATES)
+    server = start_triton(Path(published.repository), workdir)
+    yield server
+    server.stop()
+
+
+def llmapi_post(server: TritonProcess, endpoint: str, payload: dict) -> list[dict]:
+    """POST to the llmapi model's generate / generate_stream; every JSON answer (SSE events or one)."""
+    request = urllib.request.Request(
+        f"http://{server.http_url}/v2/models/{LLMAPI.model}/{endpoint}", data=json.dumps(payload).encode()
+    )
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+        body = response.read().decode()
+    if endpoint == "generate":
+        return [json.loads(body)]
+    return [json.loads(line[len("data: ") :]) for line in body.splitlines() if line.startswith("data: ")]
+
+
+def greedy(llama: LlamaModel, codec: TextCodec, prompt: str, max_tokens: int) -> list[int]:
+    return list(generate(llama, codec.encode(prompt), GenerationParams(max_new_tokens=max_tokens,
+                                                                       end_id=codec.eos_id)))  # fmt: skip
+
+
+@pytest.mark.integration
+def test_llmapi_stand_in_streams_the_whole_text_so_far_and_returns_the_prompt_by_default(
+    llmapi_server: TritonProcess, llama: LlamaModel, codec: TextCodec
+) -> None:
+    """v0.19.0 model.py sends RequestOutput.outputs[0].text (cumulative, not text_diff) per step, the
+    last one final; helpers.py defaults sampling_param_exclude_input_from_output to false."""
+    tokens = greedy(llama, codec, PROMPT, 6)
+    events = llmapi_post(llmapi_server, "generate_stream", LLMAPI.request(PROMPT, 6, stream=True))
+    assert [e["text_output"] for e in events] == [codec.decode(tokens[: i + 1]) for i in range(len(tokens))]
+    (whole,) = llmapi_post(llmapi_server, "generate", {"text_input": PROMPT, "sampling_param_max_tokens": 6,
+                                                        "return_finish_reason": True})  # fmt: skip
+    assert whole["text_output"] == codec.decode(codec.encode(PROMPT) + tokens)
+    assert whole["finish_reason"] == ("length" if len(tokens) == 6 else "stop")
+    (default,) = llmapi_post(llmapi_server, "generate", {"text_input": PROMPT})
+    assert default["text_output"] == codec.decode(codec.encode(PROMPT) + greedy(llama, codec, PROMPT, 32))
+
+
+@pytest.mark.integration
+def test_llmapi_stand_in_refuses_the_ensemble_contract_and_batched_text(llmapi_server: TritonProcess) -> None:
+    """No batch dimension (model.yaml triton_config.max_batch_size 0, config.pbtxt text_input dims
+    [-1]: a batched [1, 1] prompt is refused); the ensemble's max_tokens is no input of this model."""
+
+    def first_error(inputs: dict[str, tuple[np.ndarray, str]]) -> str:
+        responses: queue.Queue = queue.Queue()
+        client = grpcclient.InferenceServerClient(llmapi_server.grpc_url)
+        tensors = []
+        for name, (array, datatype) in inputs.items():
+            tensors.append(grpcclient.InferInput(name, list(array.shape), datatype))
+            tensors[-1].set_data_from_numpy(array)
+        try:
+            client.start_stream(callback=lambda result, error: responses.put(error))
+            client.async_stream_infer(LLMAPI.model, tensors)
+            return str(responses.get(timeout=REQUEST_TIMEOUT_S))
+        finally:
+            client.stop_stream()
+            client.close()
+
+    text = np.array([PROMPT.encode()], dtype=np.object_)
+    assert "Expected [-1], got [1,1]" in first_error({"text_input": (text[None], "BYTES")})
+    max_tokens = np.array([4], dtype=np.int32)
+    assert "max_tokens" in first_error({"text_input": (text, "BYTES"), "max_tokens": (max_tokens, "INT32")})
+    assert not [key for key in scrape(llmapi_server) if key.startswith("nv_trt_llm_")]  # model.py has none
+
+
+@pytest.mark.integration
+def test_pytorch_shaped_repository_end_to_end(
+    llmapi_server: TritonProcess, llama: LlamaModel, codec: TextCodec, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The published trtllm-pytorch repository, loaded by the real CPU tritonserver, streamed from by
+    the load generator, the deploy smoke request and aiperf 0.13, each in the llmapi contract; the
+    launcher's tp x pp check passes on it."""
+    from steps.autoscale.loadgen import LoadPlan, prompt, run_load
+    from steps.benchmark.sweep import run_sweep
+    from steps.benchmark.tools import Target
+    from steps.deploy import smoke_request
+    from steps.launcher import checks
+    from tests.test_publish import pytorch_spec
+    from workflows.spec import LoadStage
+
+    spec = pytorch_spec()
+    assert checks.check_llmapi_options(llmapi_server.repository, spec.world_size) == []
+
+    plan = LoadPlan((LoadStage(name="hold", concurrency=3, duration_s=4),), isl=12, osl=5, max_requests=9,
+                    contract=LLMAPI)  # fmt: skip
+    tokens = greedy(llama, codec, prompt(plan.isl), plan.osl)
+    records = run_load(llmapi_server.http_url, plan).records
+    done = [r for r in records if r.error is None]
+    # One event per step; a sequence ended by the end id gets one more, final, event without a token.
+    assert len(done) >= 3 and {r.tokens for r in done} == {len(tokens) + (len(tokens) < plan.osl)}
+    assert smoke_request(llmapi_server.grpc_url, contract=LLMAPI) >= 1
+
+    out = tmp_path / "bench"
+    result = run_sweep(spec, Target(llmapi_server.http_url, llmapi_server.grpc_url, LLMAPI), tiny_model, out,
+                       log=lambda _: None)  # fmt: skip
+    assert result.failed == 0, [p["error"] for p in result.points]
+    for meta in result.points:
+        export = json.loads((out / meta["point"] / "profile_export_aiperf.json").read_text())
+        assert export["request_count"]["avg"] == spec.benchmark.request_count
+        # An honest limit, not a goal: aiperf counts the tokens of every streamed response, and the
+        # llmapi model's responses each repeat the text so far, so its output length (and token
+        # throughput) come out inflated on this backend (measured: 165 for osl 16).
+        assert export["output_sequence_length"]["avg"] > 2 * meta["osl"]
