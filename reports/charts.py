@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
+from reports.html_util import esc
+
 PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#be185d", "#4b5563"]
 STYLE = {
     "svg.fonttype": "none",  # text stays text: smaller, crisp and searchable
@@ -41,6 +43,11 @@ def figure_svg(fig: Figure) -> str:
     buffer = io.StringIO()
     try:
         fig.savefig(buffer, format="svg")
+    except (ValueError, OverflowError) as exc:
+        # Values such as 1e308 leave matplotlib no finite axis (ticker: "arange: cannot compute
+        # length"); the numbers are still in the tables, the chart is replaced by a note.
+        title = fig.axes[0].get_title(loc="left") if fig.axes else "chart"
+        return f'<p class="note warn">{esc(title)}: not drawn, values out of range ({esc(str(exc))})</p>'
     finally:
         plt.close(fig)
     svg = buffer.getvalue()

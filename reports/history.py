@@ -108,19 +108,46 @@ class S3History:
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")
 
 
+# An unreachable S3 endpoint fails in seconds, not after botocore's default minute per attempt.
+S3_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 3}}
+
+
 def open_history(
     location: str, *, endpoint_url: str | None = None, region: str | None = None
 ) -> HistoryStore:
-    """A history store for a directory path or an s3://bucket/prefix URI."""
+    """A usable history store for a directory path or an s3://bucket/prefix URI; ReportError
+    (one line) when it cannot be listed or created, before anything is written."""
     if location.startswith("s3://"):
         match = S3_URI.match(location)
         if not match:
             raise ReportError(f"history {location!r} is not a valid s3://bucket/prefix URI")
         import boto3  # only S3 histories need it
+        from botocore.config import Config
 
-        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
-        return S3History(match["bucket"], (match["prefix"] or "").strip("/"), client)
-    return DirHistory(Path(location))
+        client = boto3.client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=Config(**S3_TIMEOUTS)
+        )
+        store: HistoryStore = S3History(match["bucket"], (match["prefix"] or "").strip("/"), client)
+    else:
+        store = DirHistory(Path(location))
+        try:
+            store.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ReportError(
+                f"history {location}: cannot use it as a directory ({exc.strerror or exc}); "
+                "use a writable directory or s3://bucket/prefix"
+            ) from None
+    try:
+        store.names()
+    except Exception as exc:  # botocore's many connection/credential/client errors
+        raise ReportError(f"history {store.location}: cannot list it ({one_line(exc)})") from None
+    return store
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's first line, or its type when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _safe(text: str) -> str:
@@ -155,8 +182,9 @@ def read_run(store: HistoryStore, name: str) -> pd.DataFrame:
     """One run's table from the history."""
     try:
         return normalise(pd.read_parquet(io.BytesIO(store.read(name))))
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"{store.location}/{name}: not a readable results table ({exc})") from None
+    except Exception as exc:  # pyarrow, pandas and the store each raise their own errors
+        problem = one_line(exc)
+        raise ReportError(f"{store.location}/{name}: not a readable results table ({problem})") from None
 
 
 def _identity(frame: pd.DataFrame) -> tuple:
@@ -167,9 +195,16 @@ def _identity(frame: pd.DataFrame) -> tuple:
 
 
 def find_baseline(
-    store: HistoryStore, current: pd.DataFrame, run: RunInfo, baseline: str
+    store: HistoryStore,
+    current: pd.DataFrame,
+    run: RunInfo,
+    baseline: str,
+    skipped: list[str] | None = None,
 ) -> tuple[str, pd.DataFrame] | None:
-    """The baseline run's (file name, table): 'previous' comparable run, or the pinned run id."""
+    """The baseline run's (file name, table): 'previous' comparable run, or the pinned run id.
+
+    Looking for the previous run, an unreadable history file is skipped (its error appended to
+    `skipped`): one corrupt file must not fail every later report. A pinned one is an error."""
     entries = [(parsed, name) for name in store.names() if (parsed := parse_run_file_name(name))]
     if baseline != "previous":
         pinned = [name for (_, run_id), name in entries if run_id == _safe(baseline)]
@@ -183,7 +218,12 @@ def find_baseline(
     earlier = [name for (when, run_id), name in entries if when <= now and run_id != me]
     wanted = _identity(current)
     for name in reversed(earlier[-MAX_CANDIDATES:]):
-        frame = read_run(store, name)
+        try:
+            frame = read_run(store, name)
+        except ReportError as exc:
+            if skipped is not None:
+                skipped.append(f"{exc}; skipped")
+            continue
         if _identity(frame) == wanted:
             return name, frame
     return None

@@ -64,9 +64,13 @@ def render_html(title: str, subtitle: str, sections: Sequence[Section]) -> str:
 
 
 def render_markdown(title: str, subtitle: str, sections: Sequence[Section]) -> str:
-    """summary.md: the same sections' Markdown (sections without Markdown are skipped)."""
+    """summary.md: the same sections' Markdown (sections without Markdown are skipped).
+
+    Markdown passes raw HTML through, and tool errors, point names and file names end up in it: every
+    `<` becomes `&lt;`, so a viewer (Argo's, GitHub's) shows text and never runs a tag. No section
+    writes HTML into its Markdown."""
     parts = [f"# {title}", "", subtitle, ""]
     for section in sections:
         if section.markdown:
             parts += [f"## {section.title}", "", section.markdown, ""]
-    return "\n".join(parts)
+    return "\n".join(parts).replace("<", "&lt;")

@@ -20,6 +20,9 @@ from reports.exports import EXPORT_STEMS, ToolExport, read_tool_export, tool_for
 POINT_FILE = "point.json"
 PROMETHEUS_FILE = "prometheus.json"
 RUN_FILE = "run.json"
+# Load and lengths are whole numbers from 1 to this (the results table stores them as int64;
+# anything larger is no benchmark setting but a broken file).
+MAX_LOAD = 2**31 - 1
 
 # Where each tool's input_config keeps the load and the sequence lengths (first match wins).
 CONFIG_PATHS: dict[str, dict[str, Sequence[str]]] = {
@@ -88,11 +91,19 @@ def dotted(config: Mapping[str, Any], path: str) -> Any:
     return node
 
 
+def load_value(value: Any, what: str, source: Path) -> int:
+    """A concurrency / ISL / OSL as an int; InputError naming the file for NaN, 1e30, -3, true..."""
+    whole = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
+    if not whole or not 1 <= value <= MAX_LOAD:
+        raise InputError(source, f"{what} {value!r} is not a whole number from 1 to {MAX_LOAD}")
+    return int(value)
+
+
 def _from_config(export: ToolExport, what: str) -> int | None:
     for path in CONFIG_PATHS[what].get(export.tool, ()):
         value = dotted(export.input_config, path)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return int(value)
+        if value is not None:
+            return load_value(value, what, export.path)
     return None
 
 
@@ -156,8 +167,8 @@ def _apply_meta(point: Point, meta: Mapping[str, Any]) -> None:
     point.tool = meta.get("tool") or point.tool
     point.tool_version = meta.get("tool_version") or point.tool_version
     for what in ("concurrency", "isl", "osl"):
-        if isinstance(meta.get(what), int):
-            setattr(point, what, meta[what])
+        if meta.get(what) is not None:
+            setattr(point, what, load_value(meta[what], what, point.directory / POINT_FILE))
     if meta.get("status") == "failed":
         point.status = "failed"
         point.error = str(meta.get("error") or "the benchmark tool failed (no error recorded)")

@@ -73,6 +73,15 @@ def utc_now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
+def is_iso_time(value: object) -> bool:
+    """Whether `value` is an ISO 8601 time string (what history file names are made from)."""
+    try:
+        datetime.fromisoformat(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _metric_rows(point: Point) -> Iterator[tuple[str, str, float, str]]:
     if point.export is None:
         return

@@ -175,3 +175,54 @@ def test_appends_never_overwrite_even_with_identical_run_identity(tmp_path):
     frame = pd.DataFrame([{"run_id": "same", "metric": "request_count", "stat": "avg", "value": 1.0}])
     names = {append_run(store, run, frame) for _ in range(5)}
     assert len(names) == 5 and len(store.names()) == 5
+
+
+# --- broken histories (issue 13.6) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", ["a file", "under a file", "unwritable"])
+def test_a_history_that_cannot_be_used_is_one_line_and_nothing_is_written(tmp_path, capsys, make):
+    (tmp_path / "file").write_text("x")
+    history = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "h",
+               "unwritable": Path("/proc/megapod-history")}[make]  # fmt: skip
+    inputs = run_inputs(tmp_path / "a", "a", "2025-01-01T00:00:00+00:00")
+    assert report(tmp_path, inputs, str(history)) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"history {history}: cannot use it as a directory" in line
+    assert not (tmp_path / "out-a").exists()
+
+
+def test_an_unreachable_s3_history_is_one_line_within_seconds(tmp_path, capsys, monkeypatch):
+    """Nothing listens on the endpoint; boto3 1.4x reads AWS_ENDPOINT_URL itself (botocore
+    configprovider.py 'endpoint_url'), and the store's timeouts keep the refusal short."""
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port that was free a moment ago: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    inputs = run_inputs(tmp_path / "a", "a", "2025-01-01T00:00:00+00:00")
+    started = time.monotonic()
+    assert report(tmp_path, inputs, "s3://megapod-history/runs") == 2
+    assert time.monotonic() - started < 30
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("megapod report: history s3://megapod-history/runs: cannot list it (")
+    assert not (tmp_path / "out-a").exists()
+
+
+def test_one_corrupt_history_file_is_skipped_with_a_warning_naming_it(tmp_path, capsys):
+    """Before: every later report exited 2 on the one unreadable parquet file."""
+    history = tmp_path / "history"
+    report(tmp_path, run_inputs(tmp_path / "a", "a", "2025-01-01T00:00:00+00:00"), str(history))
+    report(tmp_path, run_inputs(tmp_path / "b", "b", "2025-01-02T00:00:00+00:00"), str(history))
+    (corrupt,) = history.glob("*_b_*.parquet")
+    corrupt.write_bytes(b"PAR1 truncated by a full disk")
+    capsys.readouterr()
+    later = run_inputs(tmp_path / "c", "c", "2025-01-03T00:00:00+00:00")
+    assert report(tmp_path, later, str(history)) == 0
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "warning" in line and corrupt.name in line and "skipped" in line
+    assert "against baseline 20250101T000000Z_a_" in (tmp_path / "out-c" / "report.html").read_text()

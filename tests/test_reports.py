@@ -376,3 +376,108 @@ def test_report_renders_in_headless_chromium_under_argos_csp(tmp_path, argo_like
     run = chromium(tmp_path, f"{argo_like_server}/report.html", f"--screenshot={shot}",
                    "--window-size=1400,2600", "--hide-scrollbars")  # fmt: skip
     assert run.returncode == 0 and shot.stat().st_size > 50_000, run.stderr[-2000:]
+
+
+# --- hostile and broken input (issue 13.1, 13.6): one line per problem, never a traceback ----------
+
+
+def report_err(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    """Run the report CLI in-process: (exit code, stderr lines)."""
+    code = report_main(argv)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_run_where_every_point_failed_is_red_and_names_the_stage(tmp_path, capsys):
+    """Issue 13.1: a resumed run against a torn-down deployment fails every point; the report is
+    still written (it lists the failures) but the run must not be green."""
+    inputs = tmp_path / "in"
+    for concurrency in (1, 4):
+        point = inputs / f"isl128-osl128-c{concurrency}"
+        point.mkdir(parents=True)
+        (point / "point.json").write_text(json.dumps({
+            "tool": "aiperf", "concurrency": concurrency, "isl": 128, "osl": 128, "status": "failed",
+            "error": "connection refused: 127.0.0.1:8000",
+        }))  # fmt: skip
+    code, err = report_err(["--input", str(inputs), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1
+    (line,) = [row for row in err if "no benchmark point succeeded" in row]
+    assert "2 failed" in line and "benchmark stage measured nothing" in line and "connection refused" in line
+    assert "isl128-osl128-c1: failed" in (tmp_path / "out" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("where", ["point.json", "input_config"])
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "1e30", "1" + "0" * 30, "-3", "true"])
+def test_nonsense_load_values_make_that_point_unreadable(tmp_path, capsys, where, raw):
+    """NaN / 1e30 / 10**30 / -3 / true as a concurrency: that point is unreadable (named), the
+    others still report (Python's json reads NaN and Infinity: Lib/json/decoder.py, 3.11)."""
+    inputs = write_sweep(tmp_path / "in", "aiperf", points=((1, 128, 128), (4, 128, 128)))
+    bad = inputs / "isl128-osl128-c4"
+    if where == "point.json":
+        meta = json.loads((bad / "point.json").read_text())
+        (bad / "point.json").write_text(json.dumps({**meta, "concurrency": "@"}).replace('"@"', raw))
+    else:
+        (bad / "point.json").unlink()
+        export = bad / "profile_export_aiperf.json"
+        data = json.loads(export.read_text())
+        data["input_config"]["phases"][1]["concurrency"] = "@"
+        export.write_text(json.dumps(data).replace('"@"', raw))
+    code, err = report_err(["--input", str(inputs), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1
+    (line,) = err
+    assert "unreadable input" in line and str(bad) in line and "is not a whole number" in line
+    assert set(read_results(tmp_path / "out")["concurrency"]) == {1}
+
+
+@pytest.mark.parametrize("started_at", ["yesterday", 12, "2025-13-45T99:00:00"])
+def test_odd_started_at_is_a_warning_and_the_run_still_goes_to_history(tmp_path, capsys, started_at):
+    inputs = write_sweep(tmp_path / "in", "aiperf", points=((1, 128, 128),))
+    (inputs / "run.json").write_text(json.dumps({"run_id": "r1", "started_at": started_at}))
+    args = ["--input", str(inputs), "--out", str(tmp_path / "out"), "--history", str(tmp_path / "h")]
+    code, err = report_err(args, capsys)
+    assert code == 0
+    (line,) = err
+    assert "run.json: started_at" in line and "not an ISO 8601 time" in line
+    assert len(list((tmp_path / "h").glob("*_r1_*.parquet"))) == 1
+
+
+@pytest.mark.parametrize(("value", "drawn"), [(1e308, False), (float("inf"), True), (float("nan"), True)])
+def test_absurd_measured_values_are_tabled_and_the_chart_is_a_note(tmp_path, capsys, value, drawn):
+    """1e308 leaves matplotlib 3.x's MaxNLocator no finite tick range (lib/matplotlib/ticker.py
+    _raw_ticks: "arange: cannot compute length"); the chart becomes a note, the table keeps the value."""
+    inputs = write_sweep(tmp_path / "in", "aiperf", points=((1, 128, 128), (4, 128, 128)))
+    for export in inputs.glob("*/profile_export_aiperf.json"):
+        data = json.loads(export.read_text())
+        data["output_token_throughput"]["avg"] = value
+        export.write_text(json.dumps(data))
+    code, _ = report_err(["--input", str(inputs), "--out", str(tmp_path / "out")], capsys)
+    assert code == 0
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert ("not drawn, values out of range" in html) != drawn
+    results = read_results(tmp_path / "out")
+    throughput = results[(results["metric"] == "output_token_throughput") & (results["stat"] == "avg")]
+    # A finite value is kept as measured; a non-finite one is not a measurement (dropped at read).
+    assert throughput["value"].tolist() == ([value, value] if value == 1e308 else [])
+    assert (results["metric"] == "request_latency").any()
+
+
+def test_out_that_is_a_file_is_bad_input(tmp_path, capsys):
+    inputs = write_sweep(tmp_path / "in", "aiperf", points=((1, 128, 128),))
+    (tmp_path / "out").write_text("keep me")
+    code, err = report_err(["--input", str(inputs), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and len(err) == 1 and "is not a directory" in err[0]
+    assert (tmp_path / "out").read_text() == "keep me"
+
+
+def test_markup_in_tool_errors_is_not_copied_into_summary_md(tmp_path):
+    """Markdown renderers pass raw HTML through (CommonMark 0.31 §6.6 'Raw HTML'); tool errors are text."""
+    inputs = write_sweep(tmp_path / "in", "aiperf", points=((1, 128, 128),))
+    failed = inputs / "isl128-osl128-c64"
+    failed.mkdir()
+    (failed / "point.json").write_text(json.dumps({
+        "tool": "aiperf", "concurrency": 64, "isl": 128, "osl": 128, "status": "failed",
+        "error": "<script>alert(1)</script><img src=x onerror=alert(2)>",
+    }))  # fmt: skip
+    assert report_main(["--input", str(inputs), "--out", str(tmp_path / "out")]) == 0
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "<script" not in summary and "<img" not in summary
+    assert "&lt;script>alert(1)&lt;/script>" in summary
