@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +149,14 @@ def local_secrets() -> tuple[dict[str, dict[str, str]], str]:
     return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in data.items()}, hint
 
 
-def default_environment(pipeline_image: str) -> LocalEnvironment:
-    """The pipeline image is this interpreter's environment; project tools are on PATH."""
+def default_environment(images: Iterable[str]) -> LocalEnvironment:
+    """Every stage image is this interpreter's environment; project tools are on PATH.
+
+    The serving image runs the build stage on a cluster (TensorRT-LLM's tools); the local
+    profile's backend needs none of them, so megapod's own interpreter stands in for it too."""
     secrets, hint = local_secrets()
     return LocalEnvironment(
-        images={pipeline_image: Path(sys.executable)},
+        images=dict.fromkeys(images, Path(sys.executable)),
         path_dirs=[TOOLS_BIN] if TOOLS_BIN.is_dir() else [],
         secrets=secrets,
         secrets_hint=hint,

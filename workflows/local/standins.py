@@ -6,7 +6,7 @@
 - Prometheus: when spec.cluster.prometheus_url names this machine, a real Prometheus there with
   the chart's recording rules (workflows.local.prometheus), scraping the leader's metrics port
   once the deploy task reports the leader's endpoint.
-- The pipeline image: this interpreter's environment (see runner.default_environment).
+- The stage images (pipeline and serving): this interpreter's environment (runner.default_environment).
 
 Every stand-in is announced on the console and recorded in the run folder (`standins.json`),
 so nobody mistakes a local run for a cluster run.
@@ -30,6 +30,8 @@ from urllib.parse import urlparse
 from rich.console import Console
 
 from steps.processes import stop_process
+from workflows.argo.stages import STAGE_BUILDERS
+from workflows.images import stage_image
 from workflows.local import prometheus
 from workflows.local.engine import LocalEnvironment
 from workflows.local.errors import LocalRunError
@@ -137,12 +139,13 @@ class StandIns:
 @contextmanager
 def cloud_stand_ins(spec: Any, run_dir: Path, console: Console) -> Iterator[StandIns]:
     """The local environment for the spec's pipeline; servers started here stop on exit."""
-    standins = StandIns(default_environment(spec.images.pipeline), spec)
+    images = sorted({stage_image(spec, stage) for stage in STAGE_BUILDERS})
+    standins = StandIns(default_environment(images), spec)
     environment = standins.environment
     # Steps that must act differently off-cluster (deploy: local pods, not helm) key on this,
     # and keep their state (pids, namespaces) in the run folder.
     environment.env[LOCAL_RUN_ENV] = str(run_dir.resolve())
-    record: dict[str, Any] = {"pipeline_image": f"{spec.images.pipeline} -> {sys.executable}"}
+    record: dict[str, Any] = {"images": f"{', '.join(images)} -> {sys.executable}"}
     source = spec.model.source_parts
     with ExitStack() as stack:
         if "bucket" in source:
