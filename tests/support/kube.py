@@ -353,7 +353,7 @@ def lws(name: str, release: str, *, replicas: int, ready: int, namespace: str = 
 
 
 def hpa(name: str, lws_name: str, *, desired: int, current: int, metric: str, target: str,
-        namespace: str = "default", series: str = "megapod_queue_compute_ratio") -> dict:
+        namespace: str = "default", series: str = "megapod_batch_slots_occupancy") -> dict:
     return {"apiVersion": "autoscaling/v2",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"scaleTargetRef": {"kind": "LeaderWorkerSet", "name": lws_name},
