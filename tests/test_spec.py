@@ -149,3 +149,83 @@ def test_reference_matches_the_runbook() -> None:
         131072,
     )
     assert spec.build.max_batch_size == 8 and spec.build.paged_context_fmha
+
+
+# --- hostile files (issue 13.6): one line per problem, exit 2, no traceback, no hang ---------------
+
+TINY = EXAMPLES / "tiny-local.yaml"
+
+
+def assert_refused(result, *needles: str) -> None:
+    """Exit 2, every stderr line an `error:` line, no traceback, the needles in the message."""
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith("error: ") for line in lines), result.stderr
+    for needle in needles:
+        assert needle in result.stderr
+
+
+FINITE = "must be a finite number within ±2**53"
+PARAMS, NAME = "parameters_billion: 0.0001", "name: tiny-local"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (PARAMS, "parameters_billion: .inf", f"model.parameters_billion: {FINITE} (got inf)"),
+        (PARAMS, "parameters_billion: 1e308", f"model.parameters_billion: {FINITE} (got 1e+308)"),
+        ("gpu_memory_gib: 1", "gpu_memory_gib: -.inf", f"cluster.gpu_memory_gib: {FINITE}"),
+        ("target: 0.8", "target: .inf", f"serving.autoscaling.target: {FINITE}"),
+        ("tp: 1", "tp: " + "9" * 4000, f"build.tp: {FINITE} (got an integer of 4000 digits)"),
+        ("tp: 1", "tp: " + "9" * 5000, "a value cannot be read (Exceeds the limit (4300 digits)"),
+        (NAME, f"{NAME}\nx: " + "[" * 40 + "]" * 40, "nested more than 16 levels deep"),
+        (NAME, f"{NAME}\nx: " + "[" * 5000 + "]" * 5000, "nested too deeply to read"),
+        (NAME, "name: " + "{a: " * 3000 + "1" + "}" * 3000, "nested too deeply to read"),
+    ],
+)
+def test_absurd_numbers_and_nesting_are_one_line(tmp_path, old, new, expected) -> None:
+    """PyYAML 6.0 (yaml/constructor.py construct_yaml_int: int() hits CPython 3.11's 4300-digit
+    limit; composer.py recurses per level) and `1e308`, a float in YAML 1.2 and go-yaml."""
+    text = TINY.read_text()
+    assert old in text
+    path = tmp_path / "spec.yaml"
+    path.write_text(text.replace(old, new, 1))
+    assert_refused(validate(path), expected)
+
+
+def test_aliases_are_walked_once_not_expanded(tmp_path) -> None:
+    """A "billion laughs" document (9**8 references) is refused as fast as any other unknown key."""
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefg", "bcdefgh", strict=True)]
+    path = tmp_path / "spec.yaml"
+    path.write_text(TINY.read_text() + "\n" + "\n".join(lines) + "\n")
+    assert_refused(validate(path), "h: unknown key")
+
+
+@pytest.mark.parametrize("kind", ["directory", "non-UTF-8", "binary"])
+def test_files_that_are_not_yaml_text_are_one_line(tmp_path, kind) -> None:
+    path = tmp_path / "spec.yaml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        text = TINY.read_bytes()
+        path.write_bytes(b"\xff\xfe\x00" * 64 if kind == "binary" else text.replace(b"tiny", b"t\xffy", 1))
+    expected = "a directory; give the spec's YAML file" if kind == "directory" else "not UTF-8 text (byte"
+    assert_refused(validate(path), expected)
+
+
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes (fifo(7)): a subprocess with a timeout."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "validate", str(fifo)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"error: {fifo}: not a regular file; give the spec's YAML file"

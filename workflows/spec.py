@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import re
+import stat
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -486,12 +487,22 @@ class Spec(Strict):
         if not isinstance(autoscaling, dict) or backend not in set(Backend):
             return data  # not plain data, or a bad backend: the field validators report it
         version = serving.get("trtllm_version") or DEFAULT_TRTLLM.get(backend)
-        metric = str(autoscaling.get("metric") or default_signal(backend, version))
+        try:
+            metric = str(autoscaling.get("metric") or default_signal(backend, version))
+        except ValueError:
+            return data  # a release megapod does not serve: _release_can_work says which would
+
         if metric not in SIGNALS_BY_NAME:
             raise ValueError(_metric_not_produced(metric, backend, version))
         target = autoscaling.get("target", SIGNALS_BY_NAME[metric].default_target)
         autoscaling = {**autoscaling, "metric": metric, "target": target}
         return {**data, "serving": {**serving, "autoscaling": autoscaling}}
+
+    @model_validator(mode="after")
+    def _release_can_work(self) -> Spec:
+        # Before the metric checks: a release that cannot work explains every later problem.
+        check_release(self.backend, self.serving.trtllm_version, self.serving.image)
+        return self
 
     @model_validator(mode="after")
     def _backend_produces_metric(self) -> Spec:
@@ -508,7 +519,6 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _plan_fits(self) -> Spec:
         check_group_divides(self.build.tp, self.build.pp, self.cluster.gpus_per_node)
-        check_release(self.backend, self.serving.trtllm_version, self.serving.image)
         check_weights_fit(self)
         return self
 
@@ -627,10 +637,57 @@ def _format_error(error: Any) -> str:
     return f"{path}: {message}" if path else message
 
 
+class SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads `1e9` as a number, as YAML 1.2 and Kubernetes' go-yaml do
+    (PyYAML's YAML 1.1 resolver wants `1.0e9` and would pass the string on)."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+# No spec is nested deeper than a handful of levels; YAML nested thousands deep only exhausts the stack.
+MAX_NESTING = 16
+# Numbers beyond 2**53 are no setting (and lose precision as floats): refused before any
+# derivation multiplies them into infinity.
+MAX_NUMBER = 2**53
+
+
+def _value_problems(data: Any, origin: str) -> list[str]:
+    """Lines for values no field accepts, found before validation: non-finite or huge numbers
+    (`.inf`, 1e308, 5000-digit ints) and nesting deeper than MAX_NESTING (iterative, no recursion)."""
+    problems = []
+    seen: set[int] = set()  # YAML aliases share nodes: each is walked once (no "billion laughs")
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack:
+        path, node = stack.pop()
+        where = ".".join(str(part) for part in path)
+        if len(path) > MAX_NESTING:
+            problems.append(f"{origin}: {where[:120]}...: nested more than {MAX_NESTING} levels deep")
+        elif isinstance(node, dict | list):
+            if id(node) not in seen:
+                seen.add(id(node))
+                items = node.items() if isinstance(node, dict) else enumerate(node)
+                stack.extend(((*path, key), value) for key, value in items)
+        elif _out_of_range(node):
+            shown = repr(node) if isinstance(node, float) else f"an integer of {len(str(abs(node)))} digits"
+            problems.append(f"{origin}: {where}: must be a finite number within ±2**53 (got {shown})")
+    return sorted(problems)
+
+
+def _out_of_range(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    # An int is compared as an int: float() of a 4000-digit one overflows.
+    return abs(value) > MAX_NUMBER if isinstance(value, int) else not abs(value) <= MAX_NUMBER
+
+
 def parse_spec(data: Any, origin: str = "spec") -> Spec:
     """Validate already-parsed YAML data; raise SpecError with one line per problem."""
     if not isinstance(data, dict):
         raise SpecError([f"{origin}: expected a mapping of spec sections, got {type(data).__name__}"])
+    if problems := _value_problems(data, origin):
+        raise SpecError(problems)
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:
@@ -640,12 +697,37 @@ def parse_spec(data: Any, origin: str = "spec") -> Spec:
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file; raise SpecError with one line per problem."""
     path = Path(path)
+    text = _read_spec_text(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError([f"{path}: no such spec file"]) from None
+        data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SpecError([f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    except RecursionError:
+        raise SpecError(
+            [f"{path}: nested too deeply to read (a spec has at most {MAX_NESTING} levels)"]
+        ) from None
+    except ValueError as exc:  # yaml's int(): more digits than Python converts (4300)
+        raise SpecError([f"{path}: a value cannot be read ({str(exc).split(';')[0]})"]) from None
     return parse_spec(data, str(path))
+
+
+def _read_spec_text(path: Path) -> str:
+    """The file's text; SpecError for a missing or non-regular file (checked before opening: a
+    FIFO would block forever) or bytes that are not UTF-8."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SpecError([f"{path}: no such spec file"]) from None
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read it ({exc.strerror})"]) from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise SpecError([f"{path}: {kind}; give the spec's YAML file"])
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{path}: not UTF-8 text (byte {exc.start}); a spec is a UTF-8 YAML file"]) from None
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read it ({exc.strerror})"]) from None
