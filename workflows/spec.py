@@ -487,22 +487,12 @@ class Spec(Strict):
         if not isinstance(autoscaling, dict) or backend not in set(Backend):
             return data  # not plain data, or a bad backend: the field validators report it
         version = serving.get("trtllm_version") or DEFAULT_TRTLLM.get(backend)
-        try:
-            metric = str(autoscaling.get("metric") or default_signal(backend, version))
-        except ValueError:
-            return data  # a release megapod does not serve: _release_can_work says which would
-
+        metric = str(autoscaling.get("metric") or default_signal(backend, version))
         if metric not in SIGNALS_BY_NAME:
             raise ValueError(_metric_not_produced(metric, backend, version))
         target = autoscaling.get("target", SIGNALS_BY_NAME[metric].default_target)
         autoscaling = {**autoscaling, "metric": metric, "target": target}
         return {**data, "serving": {**serving, "autoscaling": autoscaling}}
-
-    @model_validator(mode="after")
-    def _release_can_work(self) -> Spec:
-        # Before the metric checks: a release that cannot work explains every later problem.
-        check_release(self.backend, self.serving.trtllm_version, self.serving.image)
-        return self
 
     @model_validator(mode="after")
     def _backend_produces_metric(self) -> Spec:
@@ -519,6 +509,7 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _plan_fits(self) -> Spec:
         check_group_divides(self.build.tp, self.build.pp, self.cluster.gpus_per_node)
+        check_release(self.backend, self.serving.trtllm_version, self.serving.image)
         check_weights_fit(self)
         return self
 
