@@ -211,7 +211,7 @@ def test_files_that_are_not_yaml_text_are_one_line(tmp_path, kind) -> None:
     else:
         text = TINY.read_bytes()
         path.write_bytes(b"\xff\xfe\x00" * 64 if kind == "binary" else text.replace(b"tiny", b"t\xffy", 1))
-    expected = "a directory; give the spec's YAML file" if kind == "directory" else "not UTF-8 text (byte"
+    expected = "a directory; give the spec YAML file" if kind == "directory" else "not UTF-8 text (byte"
     assert_refused(validate(path), expected)
 
 
@@ -228,4 +228,4 @@ def test_a_fifo_is_refused_before_it_is_opened(tmp_path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == f"error: {fifo}: not a regular file; give the spec's YAML file"
+    assert proc.stderr.strip() == f"error: {fifo}: not a regular file; give the spec YAML file"

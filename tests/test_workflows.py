@@ -308,3 +308,57 @@ def test_render_writes_nothing_when_rendering_fails(tmp_path, monkeypatch) -> No
     with pytest.raises(RuntimeError):
         render.render_to_dir(load_spec(REFERENCE), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# --- hostile paths (issue 13.6): one line, never a traceback, never a hang ---------------------------
+
+
+@pytest.mark.parametrize("taken", ["out", "out/workflows"])
+def test_render_out_over_a_file_is_one_line_and_nothing_is_written(tmp_path, taken) -> None:
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+
+    (tmp_path / taken).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / taken).write_text("keep me")
+    result = CliRunner().invoke(app, ["render", str(REFERENCE), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    (line,) = result.stderr.strip().splitlines()
+    out = tmp_path / "out"
+    expected = f"{tmp_path / taken} exists and is not a directory; choose a directory for --out"
+    assert line == f"error: --out {out}: {expected}"
+    assert (tmp_path / taken).read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted({"out", PurePosixPath(taken).name})
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (os.urandom(64) + b"\xff", "not UTF-8 text (byte"),
+        (b"kind: Workflow\nspec: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply to read"),
+        (b"kind: Workflow\nspec: {activeDeadlineSeconds: " + b"9" * 5000 + b"}\n", "a value cannot be read"),
+    ],
+)
+def test_lint_of_binary_or_absurdly_nested_files_is_one_line(tmp_path, content, expected) -> None:
+    """PyYAML 6.0's composer recurses per nesting level and its int() hits CPython 3.11's 4300-digit
+    limit; lint names the file instead of a traceback."""
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    (line,) = lint_paths([path])
+    assert line.startswith(f"{path}: ") and expected in line
+
+
+def test_lint_refuses_a_fifo_instead_of_blocking_on_it(tmp_path) -> None:
+    """A FIFO named on the command line (fifo(7): open blocks until a writer comes)."""
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "rendered.yaml"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "lint", str(fifo)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"{fifo}: not a regular file; give the rendered YAML file"

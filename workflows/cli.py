@@ -73,9 +73,12 @@ def render(
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("out"),
 ) -> None:
     """Write every WorkflowTemplate, the pipeline, the CronWorkflow, chart-values.yaml and rbac.yaml."""
-    from workflows.render import render_to_dir
+    from workflows.render import OutputError, render_to_dir
 
-    written = render_to_dir(load(spec), out)
+    try:
+        written = render_to_dir(load(spec), out)
+    except OutputError as exc:
+        raise fail(str(exc), EXIT_SPEC_ERROR) from None
     for path in written:
         typer.echo(f"wrote {path}")
 

@@ -87,17 +87,25 @@ def _yaml_files(paths: list[Path]) -> Iterator[Path]:
 
 def load_documents(paths: list[Path], problems: list[str]) -> list[Document]:
     """Argo documents of every file (directories: their *.yaml); other kinds are skipped."""
+    from workflows.spec import SpecError, read_yaml_text
+
     documents = []
     for path in _yaml_files(paths):
         try:
-            bodies = list(yaml.safe_load_all(path.read_text()))
-        except FileNotFoundError:
-            problems.append(f"{path}: no such file")
+            bodies = list(yaml.safe_load_all(read_yaml_text(path, "rendered")))
+        except SpecError as exc:  # missing, not a regular file (a FIFO would block), not UTF-8
+            problems.extend(exc.problems)
             continue
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}" if mark else "?"
             problems.append(f"{path}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}")
+            continue
+        except RecursionError:
+            problems.append(f"{path}: nested too deeply to read; rendered documents are a few levels deep")
+            continue
+        except ValueError as exc:  # yaml's int(): more digits than Python converts (4300)
+            problems.append(f"{path}: a value cannot be read ({str(exc).split(';')[0]})")
             continue
         for body in bodies:
             if isinstance(body, dict) and body.get("kind") in KINDS:
@@ -370,8 +378,11 @@ def lint_documents(documents: list[Document]) -> list[str]:
         if key in seen:
             problems.append(f"{document.where}: also defined in {seen[key]}")
         seen[key] = document.file
-        problems.extend(schema_problems(document, source))
-        problems.extend(ReferenceCheck(document, catalogue).run())
+        try:
+            problems.extend(schema_problems(document, source))
+            problems.extend(ReferenceCheck(document, catalogue).run())
+        except RecursionError:  # jsonschema and the reference walk recurse per level of nesting
+            problems.append(f"{document.where}: nested too deeply to check")
     return problems
 
 

@@ -47,6 +47,25 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(handle.name, path)
 
 
+class OutputError(ValueError):
+    """--out cannot hold the rendered files (a file where a directory must be, or the reverse)."""
+
+
+def _check_writable(out: Path, relatives: list[Path]) -> None:
+    """OutputError, before anything is written, when a target or a directory on its way is taken."""
+    for relative in relatives:
+        target = out / relative
+        if target.is_dir():
+            raise OutputError(f"--out {out}: {target} is a directory; remove it or choose another --out")
+        for parent in target.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise OutputError(
+                        f"--out {out}: {parent} exists and is not a directory; choose a directory for --out"
+                    )
+                break
+
+
 def render_to_dir(spec: Spec, out: Path) -> list[Path]:
     """Write out/rbac.yaml, out/workflows/<kind>-<name>.yaml for every document and out/chart-values.yaml.
 
@@ -58,6 +77,7 @@ def render_to_dir(spec: Spec, out: Path) -> list[Path]:
     files[Path(CHART_VALUES_FILE)] = chart_values_yaml(spec)
     for text in files.values():
         list(yaml.safe_load_all(text))  # a document that does not parse back is a bug: fail before writing
+    _check_writable(out, list(files))
     written = []
     for relative, text in files.items():
         _write_atomically(out / relative, text)

@@ -688,7 +688,7 @@ def parse_spec(data: Any, origin: str = "spec") -> Spec:
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file; raise SpecError with one line per problem."""
     path = Path(path)
-    text = _read_spec_text(path)
+    text = read_yaml_text(path, "spec")
     try:
         data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
@@ -704,21 +704,22 @@ def load_spec(path: str | Path) -> Spec:
     return parse_spec(data, str(path))
 
 
-def _read_spec_text(path: Path) -> str:
-    """The file's text; SpecError for a missing or non-regular file (checked before opening: a
-    FIFO would block forever) or bytes that are not UTF-8."""
+def read_yaml_text(path: Path, what: str) -> str:
+    """The text of a YAML file (`what`: "spec", "rendered" for lint's messages); SpecError for a
+    missing or non-regular file (checked before opening: a FIFO would block forever) or bytes that
+    are not UTF-8."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise SpecError([f"{path}: no such spec file"]) from None
+        raise SpecError([f"{path}: no such {what} file"]) from None
     except OSError as exc:
         raise SpecError([f"{path}: cannot read it ({exc.strerror})"]) from None
     if not stat.S_ISREG(mode):
         kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise SpecError([f"{path}: {kind}; give the spec's YAML file"])
+        raise SpecError([f"{path}: {kind}; give the {what} YAML file"])
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError([f"{path}: not UTF-8 text (byte {exc.start}); a spec is a UTF-8 YAML file"]) from None
+        raise SpecError([f"{path}: not UTF-8 text (byte {exc.start}); YAML files are UTF-8 text"]) from None
     except OSError as exc:
         raise SpecError([f"{path}: cannot read it ({exc.strerror})"]) from None
