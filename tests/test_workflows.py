@@ -339,6 +339,7 @@ def test_render_out_over_a_file_is_one_line_and_nothing_is_written(tmp_path, tak
         (b"kind: Workflow\nspec: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply to read"),
         (b"kind: Workflow\nspec: {activeDeadlineSeconds: " + b"9" * 5000 + b"}\n", "a value cannot be read"),
     ],
+    ids=["binary", "nested", "digits"],
 )
 def test_lint_of_binary_or_absurdly_nested_files_is_one_line(tmp_path, content, expected) -> None:
     """PyYAML 6.0's composer recurses per nesting level and its int() hits CPython 3.11's 4300-digit
