@@ -522,3 +522,31 @@ def test_a_port_in_time_wait_is_free_a_listening_one_is_not() -> None:
     client.close()
     listener.close()
     _refuse_taken_port(f"http://127.0.0.1:{port}/")
+
+
+def test_resume_runs_again_what_the_exit_hook_undid(tmp_path: Path) -> None:
+    """Issue 13.1: Ctrl-C after deploy, the exit hook tears the deployment down; `--resume` must
+    deploy again instead of restoring deploy's outputs (a green run that measured nothing)."""
+    up = {"name": "up", "container": container(f"open('{VOLUME}/up', 'w').write('1')")}
+    down = {"name": "down", "container": container(f"import os; os.remove('{VOLUME}/up')")}
+    stage = {"kind": "WorkflowTemplate", "metadata": {"name": "x-deploy"}, "spec": {"templates": [up, down]}}
+    broken = {"name": "use", "container": container("import sys; sys.exit(1)")}
+    needs_up = f"import os, sys; sys.exit(0 if os.path.exists('{VOLUME}/up') else 3)"
+    fixed = {"name": "use", "container": container(needs_up)}
+    tasks = [
+        {"name": "deploy", "templateRef": {"name": "x-deploy", "template": "up"}},
+        {"name": "use", "template": "use", "depends": "deploy"},
+    ]
+    hook = {"name": "teardown", "dag": {"tasks": [
+        {"name": "teardown", "templateRef": {"name": "x-deploy", "template": "down"}}]}}  # fmt: skip
+    pipeline = workflow(tasks, [broken, hook], onExit="teardown")
+    pipeline["kind"], pipeline["metadata"] = "WorkflowTemplate", {"name": "x-pipeline"}
+    code, first, run_dir = run(tmp_path, stage, pipeline, entry="x-pipeline")
+    assert code == 1
+    assert phases(first)["deploy"] == SUCCEEDED and phases(first)["onExit.teardown"] == SUCCEEDED
+    assert not (volume(run_dir) / "up").exists()  # torn down
+    pipeline["spec"]["templates"][1] = fixed  # the stage, fixed: it needs the deployment up
+    code, second, _ = run(tmp_path, stage, pipeline, entry="x-pipeline", resume=first["nodes"])
+    assert code == 0, second
+    assert second["nodes"]["deploy"]["resumed"] is False
+    assert any("deploy: runs again; the earlier run's exit hook undid it" in note for note in second["notes"])

@@ -109,6 +109,7 @@ class Executor:
         self.run_dir = run_dir
         self.environment = environment
         self.resume = resume or {}
+        self.undone = undone_by_exit_hook(self.resume)
         self.on_change = on_change or (lambda node: None)
         self.run_id = run_id or run_dir.name
         self.metadata = metadata or {}
@@ -360,7 +361,11 @@ class Executor:
     def _run_node(self, node: Node, template: dict[str, Any], scope: Scope) -> str:
         """Run a container template as `node` (honouring resume, mutexes and retries)."""
         previous = self.resume.get(node.key)
-        if previous and previous.get("phase") == SUCCEEDED and not node.key.startswith(EXIT_KEY):
+        if previous and node.key in self.undone:
+            self.notes.append(
+                f"{node.key}: runs again; the earlier run's exit hook undid it ({self.undone[node.key]})"
+            )
+        elif previous and previous.get("phase") == SUCCEEDED and not node.key.startswith(EXIT_KEY):
             restored = Node.from_json(previous)
             node.parameters, node.artifacts, node.log = restored.parameters, restored.artifacts, restored.log
             node.attempts, node.exit_code, node.resumed = restored.attempts, restored.exit_code, True
@@ -758,6 +763,33 @@ class _DagRun:
             with self.changed:
                 self.running.discard(name)
                 self.changed.notify_all()
+
+
+def _workflow_template(label: str) -> str | None:
+    """The WorkflowTemplate of a node's template label ("x-deploy/teardown" -> "x-deploy")."""
+    return label.split("/", 1)[0] if "/" in label else None
+
+
+def undone_by_exit_hook(previous: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Earlier nodes whose effects that run's exit hook undid: node key -> the hook node that did.
+
+    A stage's WorkflowTemplate holds both its action and its undoing (deploy and teardown); when the
+    exit hook ran a template of a WorkflowTemplate, the main-DAG nodes of that WorkflowTemplate no
+    longer stand (the deployment is gone), so --resume must run them again rather than restore
+    outputs that point at nothing."""
+    hooks = {
+        owner: key
+        for key, node in previous.items()
+        if key.startswith(EXIT_KEY)
+        and node.get("phase") == SUCCEEDED
+        and (owner := _workflow_template(str(node.get("template", ""))))
+    }
+    return {
+        key: hooks[owner]
+        for key, node in previous.items()
+        if not key.startswith(EXIT_KEY)
+        and (owner := _workflow_template(str(node.get("template", "")))) in hooks
+    }
 
 
 def _copy(source: Path, target: Path) -> None:
