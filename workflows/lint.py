@@ -87,25 +87,14 @@ def _yaml_files(paths: list[Path]) -> Iterator[Path]:
 
 def load_documents(paths: list[Path], problems: list[str]) -> list[Document]:
     """Argo documents of every file (directories: their *.yaml); other kinds are skipped."""
-    from workflows.spec import SpecError, read_yaml_text
+    from workflows.spec import SpecError, read_yaml
 
     documents = []
     for path in _yaml_files(paths):
         try:
-            bodies = list(yaml.safe_load_all(read_yaml_text(path, "rendered")))
-        except SpecError as exc:  # missing, not a regular file (a FIFO would block), not UTF-8
+            bodies = read_yaml(path, "rendered", lambda text: list(yaml.safe_load_all(text)))
+        except SpecError as exc:  # missing, not a regular file (a FIFO would block), not UTF-8, not YAML
             problems.extend(exc.problems)
-            continue
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}" if mark else "?"
-            problems.append(f"{path}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}")
-            continue
-        except RecursionError:
-            problems.append(f"{path}: nested too deeply to read; rendered documents are a few levels deep")
-            continue
-        except ValueError as exc:  # yaml's int(): more digits than Python converts (4300)
-            problems.append(f"{path}: a value cannot be read ({str(exc).split(';')[0]})")
             continue
         for body in bodies:
             if isinstance(body, dict) and body.get("kind") in KINDS:

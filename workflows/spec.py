@@ -12,6 +12,7 @@ import json
 import math
 import re
 import stat
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -688,20 +689,24 @@ def parse_spec(data: Any, origin: str = "spec") -> Spec:
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file; raise SpecError with one line per problem."""
     path = Path(path)
-    text = read_yaml_text(path, "spec")
+    data = read_yaml(path, "spec", lambda text: yaml.load(text, Loader=SpecLoader))  # a SafeLoader
+    return parse_spec(data, str(path))
+
+
+def read_yaml(path: Path, what: str, load: Callable[[str], Any]) -> Any:
+    """`load(text)` of a YAML file (see read_yaml_text); SpecError, one line, for text that is not
+    YAML, nested too deeply to parse, or holding an int beyond Python's 4300-digit limit."""
+    text = read_yaml_text(path, what)
     try:
-        data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader
+        return load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        where = f" line {mark.line + 1}:" if mark else ""
         raise SpecError([f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
     except RecursionError:
-        raise SpecError(
-            [f"{path}: nested too deeply to read (a spec has at most {MAX_NESTING} levels)"]
-        ) from None
-    except ValueError as exc:  # yaml's int(): more digits than Python converts (4300)
+        raise SpecError([f"{path}: nested too deeply to read (far more than {MAX_NESTING} levels)"]) from None
+    except ValueError as exc:  # yaml's int(): more digits than Python converts
         raise SpecError([f"{path}: a value cannot be read ({str(exc).split(';')[0]})"]) from None
-    return parse_spec(data, str(path))
 
 
 def read_yaml_text(path: Path, what: str) -> str:
