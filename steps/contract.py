@@ -36,6 +36,7 @@ class Contract:
     fixed: dict[str, Any] = field(default_factory=dict)  # constant fields every request sends
     batched: bool = True  # requests carry a batch dimension of 1 (max_batch_size > 0)
     cumulative: bool = False  # streamed responses carry the whole text so far, not the new piece
+    repository: tuple[str, ...] = ()  # the Triton models a published repository holds
 
     def request(self, prompt: Any, max_tokens: Any, *, stream: Any) -> dict[str, Any]:
         """The request's fields (the generate / generate_stream JSON body); values may be placeholders."""
@@ -53,6 +54,7 @@ ENSEMBLE = Contract(
     output="text_output",
     min_tokens="min_length",
     fixed={"exclude_input_in_output": True},
+    repository=("ensemble", "preprocessing", "tensorrt_llm", "postprocessing"),
 )
 LLMAPI = Contract(
     model="tensorrt_llm",
@@ -64,6 +66,7 @@ LLMAPI = Contract(
     fixed={"sampling_param_exclude_input_from_output": True},
     batched=False,
     cumulative=True,
+    repository=("tensorrt_llm",),
 )
 CONTRACTS = {"trtllm-engine": ENSEMBLE, "trtllm-pytorch": LLMAPI, "cpu-python": ENSEMBLE}
 SERVED_MODEL = ENSEMBLE.model  # the engine path's and the local profile's model name

@@ -43,7 +43,8 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from steps.build import CPU_POINTER, llm_api_options
+from steps.build import CPU_POINTER, BadCheckpoint, llm_api_options, validate_checkpoint
+from steps.contract import ENSEMBLE
 from steps.cpu_backend.repository import ENSEMBLE_INPUTS
 from steps.manifest import (
     DEFAULT_OUTPUTS,
@@ -62,7 +63,7 @@ from workflows.spec import Spec, SpecError, load_spec
 log = logging.getLogger("megapod.publish")
 
 PYTHON_MODELS = ("preprocessing", "postprocessing")
-MODELS = ("ensemble", "preprocessing", "tensorrt_llm", "postprocessing")
+MODELS = ENSEMBLE.repository
 CPU_TEMPLATES = Path(__file__).resolve().parent / "cpu_backend" / "models"
 # Where the pipeline image (images/pipeline/Dockerfile) unpacks the release's Triton model templates,
 # all_models/ of tensorrtllm_backend (or TensorRT-LLM's triton_backend/) at the spec's tag; the
@@ -354,7 +355,11 @@ def render_llmapi_repository(spec: Spec, engines_dir: Path, templates_dir: Path,
     # model.py and what it imports from its own directory (upstream: helpers.py).
     for source in sorted(template_for(templates_dir, LLMAPI_MODEL).parent.glob("*.py")):
         shutil.copy2(source, version_dir / source.name)
-    options = llmapi_options(spec, checkpoint_of(engines_dir))
+    # No build stage runs for this backend: what build checks (FP8 really in the checkpoint, the
+    # weights fit) is checked here, before a repository that could never load is published.
+    checkpoint = checkpoint_of(engines_dir)
+    validate_checkpoint(spec, checkpoint)
+    options = llmapi_options(spec, checkpoint)
     (version_dir / LLMAPI_OPTIONS).write_text(yaml.safe_dump(options, sort_keys=False))
     validate_repository(out_dir)
     return out_dir
@@ -582,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BadCheckpoint as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -96,7 +96,7 @@ def test_defaults_fill_metric_and_target() -> None:
         (
             "trtllm-pytorch",
             {"metric": "batch_slot_occupancy"},
-            "is not produced by backend trtllm-pytorch (TensorRT-LLM 1.0.0); use one of: request_rate",
+            "is not produced by backend trtllm-pytorch (TensorRT-LLM 0.19.0); use one of: request_rate",
         ),
         ("cpu-python", {"metric": "request_latency_ms", "target": 500}, "use one of: batch_slot_occupancy"),
         ("trtllm-pytorch", {}, "serving.autoscaling.target is required for metric request_rate"),

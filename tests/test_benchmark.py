@@ -297,7 +297,8 @@ def test_perf_analyzer_double_refuses_input_data_the_model_does_not_declare(tmp_
 def test_genai_perf_is_refused_for_the_llmapi_contract_with_one_line(tmp_path, capsys):
     """genai-perf 0.0.16's kserve payload (genai_perf/inputs/converters/tensorrtllm_converter.py:
     max_tokens, exclude_input_in_output, stream, min_length) names inputs the llmapi model of
-    tensorrtllm_backend v0.19.0 lacks; perf_analyzer would refuse them, so the step does first."""
+    tensorrtllm_backend v0.19.0 lacks; perf_analyzer would refuse them, so the spec is refused
+    (by `megapod validate`, and by the step, which loads it)."""
     data = yaml.safe_load(write_spec(tmp_path, "genai-perf").read_text())
     data |= {"backend": "trtllm-pytorch", "serving": {"autoscaling": {"target": 2}}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
@@ -310,7 +311,8 @@ def test_genai_perf_is_refused_for_the_llmapi_contract_with_one_line(tmp_path, c
     ])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert "model tensorrt_llm does not declare" in err[0] and "use benchmark.tool aiperf" in err[0]
+    assert "the llmapi model tensorrt_llm of backend trtllm-pytorch does not declare" in err[0]
+    assert "use benchmark.tool aiperf" in err[0]
 
 
 def test_aiperf_payload_is_the_backends_contract(tmp_path):

@@ -26,6 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from steps.contract import contract_for
 from workflows.backend_metrics import produced_signals
 from workflows.chart_values import (
     CHART_DIR,
@@ -787,6 +788,20 @@ def test_notes_tell_the_truth(tmp_path: Path) -> None:
         with_values(**{"image.ref": "nvcr.io/nvidia/tritonserver:24.08-trtllm-python-py3"}), tmp_path / "c"
     )
     assert stock.startswith("WARNING: image.ref nvcr.io/nvidia/tritonserver:24.08-trtllm-python-py3")
+
+
+def test_notes_first_request_speaks_the_backends_contract(tmp_path: Path) -> None:
+    """The curl line NOTES print is a request the served model accepts: the ensemble's fields for
+    engines (tensorrtllm_backend v0.12.0 ensemble/config.pbtxt), the llmapi model's for the PyTorch
+    flow (v0.19.0 all_models/llmapi/tensorrt_llm/config.pbtxt): both built by steps.contract."""
+    for example, model in (("llama-3.1-405b-p5", "ensemble"), ("llama-3.1-70b-pytorch-fp8", "tensorrt_llm")):
+        spec = load_spec(ROOT / "workflows" / "examples" / f"{example}.yaml")
+        notes = render_notes(chart_values(spec), tmp_path / example)
+        (curl,) = [line for line in notes.splitlines() if "curl " in line]
+        assert f"/v2/models/{model}/generate_stream -d " in curl
+        body = json.loads(curl.split(" -d ", 1)[1].strip("'"))
+        contract = contract_for(str(spec.backend))
+        assert body == contract.request("Hello", 16, stream=True)
 
 
 # --- golden renders -------------------------------------------------------------------------------

@@ -382,8 +382,11 @@ def spec_with(path: Path, **serving: str) -> dict:
         # the PyTorch flow needs the llmapi Triton model (tensorrtllm_backend v0.19.0 all_models/llmapi)
         (PYTORCH_70B, {"trtllm_version": "0.12.0", "image": "r/x:1"}, "use 0.19.0 (Triton 25.05) or later"),
         (REFERENCE_405B, {"trtllm_version": "0.12.1"}, "carried by no Triton trtllm-python-py3 image"),
-        # the example's image is tagged for Triton 25.10 (TensorRT-LLM 1.0.0)
-        (PYTORCH_70B, {"trtllm_version": "0.19.0"}, "built on Triton 25.10 (TensorRT-LLM 1.0.0)"),
+        # the example's image is tagged for Triton 25.05 (TensorRT-LLM 0.19.0)
+        (PYTORCH_70B, {"trtllm_version": "0.18.0"}, "use 0.19.0 (Triton 25.05) or later"),
+        (PYTORCH_70B, {"image": "r/x:0.1.0-25.10"}, "built on Triton 25.10 (TensorRT-LLM 1.0.0)"),
+        # publish writes tensorrtllm_backend v0.19.0's llmapi config.pbtxt; 1.0.0 renamed its inputs
+        (PYTORCH_70B, {"trtllm_version": "1.0.0", "image": "r/x:1"}, "megapod publishes the llmapi model of"),
         (
             REFERENCE_405B,
             {"image": "nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3"},
@@ -408,4 +411,6 @@ def test_megapod_images_prints_the_derived_build_commands() -> None:
     assert serving.startswith("docker build -f images/triton-trtllm/Dockerfile ")
     assert f"--build-arg BASE_IMAGE={releases.serving_base(spec.trtllm_version)}" in serving
     assert "--build-arg BACKEND=trtllm-pytorch" in serving and f"-t {spec.serving.image} ." in serving
-    assert "--build-arg TRITON_MODELS_REPO=NVIDIA/TensorRT-LLM" in pipeline
+    repository, _ = releases.templates_source(spec.trtllm_version)
+    assert repository == "triton-inference-server/tensorrtllm_backend"  # 0.19.0: before the move
+    assert f"--build-arg TRITON_MODELS_REPO={repository}" in pipeline

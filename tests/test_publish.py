@@ -337,3 +337,19 @@ def test_pytorch_backend_takes_its_templates_from_the_images_llmapi_dir(tiny_mod
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
     assert f"missing {p.IMAGE_LLMAPI_TEMPLATES}/tensorrt_llm/1/model.py" in err[0]
+
+
+def test_pytorch_backend_refuses_fp8_from_a_plain_checkpoint(llmapi_templates, tiny_model, tmp_path, capsys):
+    """No build stage runs for trtllm-pytorch, so publish checks what build would: FP8 weights come
+    only from a ModelOpt-quantized checkpoint (hf_quant_config.json / quantization_config, as
+    TensorRT-LLM's _torch/model_config.py reads them); nothing is published otherwise."""
+    spec = pytorch_spec()
+    spec = spec.model_copy(update={"build": spec.build.model_copy(update={"quantization": "fp8"})})
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    code = p.main(["--spec", str(spec_file), "--engines", str(tiny_model), "--tokenizer", str(tiny_model),
+                   "--templates", str(llmapi_templates), "--dest", str(tmp_path / "out"),
+                   "--outputs", str(tmp_path / "o")])  # fmt: skip
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "needs an FP8 checkpoint" in line and "pre-quantized (ModelOpt)" in line
+    assert not (tmp_path / "out").exists()

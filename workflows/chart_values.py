@@ -9,9 +9,11 @@ records only the signals the spec's backend produces.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from steps.contract import contract_for
 from workflows.backend_metrics import SIGNALS, produced_signals
 from workflows.spec import ScalingRules, Spec
 
@@ -98,6 +100,13 @@ def _topology(spec: Spec) -> dict[str, str]:
     return {"key": topology.key, "mode": topology.mode} if topology else {"key": "", "mode": "preferred"}
 
 
+def _client(spec: Spec) -> dict[str, str]:
+    """What NOTES.txt shows clients: the served model and a first request in the backend's contract."""
+    contract = contract_for(str(spec.backend))
+    request = contract.request("Hello", 16, stream=True)
+    return {"model": contract.model, "exampleRequest": json.dumps(request, separators=(", ", ": "))}
+
+
 def chart_values(spec: Spec) -> dict[str, Any]:
     """Values for charts/triton-lws (same key tree as its values.yaml) derived from `spec`."""
     serving, cluster, scaling = spec.serving, spec.cluster, spec.serving.autoscaling
@@ -108,6 +117,7 @@ def chart_values(spec: Spec) -> dict[str, Any]:
         "image": {"ref": serving.image, "pullPolicy": "IfNotPresent"},
         "imagePullSecrets": [],
         "backend": str(spec.backend),
+        "client": _client(spec),
         "group": {
             "size": spec.group_size,
             "gpusPerPod": spec.gpus_per_pod,

@@ -45,11 +45,15 @@ TRITON_TRTLLM: dict[str, tuple[str, str]] = {
 }
 
 # The release each backend targets when the spec names none: the reference's 24.08 stack for
-# engines; for the PyTorch flow the first release whose PyTorch backend is no longer experimental.
-DEFAULT_TRTLLM = {"trtllm-engine": "0.12.0", "trtllm-pytorch": "1.0.0"}
+# engines; for the PyTorch flow the release whose llmapi model steps.publish writes the config of.
+DEFAULT_TRTLLM = {"trtllm-engine": "0.12.0", "trtllm-pytorch": "0.19.0"}
 # The Triton llmapi model (all_models/llmapi/tensorrt_llm) first ships in tensorrtllm_backend
 # v0.19.0; earlier tags have only the engine models.
 PYTORCH_MIN_TRTLLM = "0.19.0"
+# steps.publish writes the llmapi model's config.pbtxt with the tensors of tensorrtllm_backend
+# v0.19.0; later releases change them (sampling_param_beam_width became sampling_param_best_of,
+# new inputs and outputs), so a repository for them would not load: only this release is served.
+PYTORCH_LLMAPI_TRTLLM = "0.19.0"
 # From v0.20.0 the Triton model templates live in TensorRT-LLM (triton_backend/all_models);
 # tensorrtllm_backend v0.20.0+ keeps only a submodule pointer to it.
 TEMPLATES_MOVED_TRTLLM = "0.20.0"
@@ -121,6 +125,12 @@ def check_release(backend: str, trtllm_version: str | None, image: str) -> None:
         raise ValueError(
             f"serving.trtllm_version: {version} has no Triton llmapi model for backend trtllm-pytorch; "
             f"use {PYTORCH_MIN_TRTLLM} (Triton {triton_release(PYTORCH_MIN_TRTLLM)}) or later"
+        )
+    if backend == "trtllm-pytorch" and version != PYTORCH_LLMAPI_TRTLLM:
+        raise ValueError(
+            f"serving.trtllm_version: {version}: megapod publishes the llmapi model of TensorRT-LLM "
+            f"{PYTORCH_LLMAPI_TRTLLM} (its tensors change in later releases); use {PYTORCH_LLMAPI_TRTLLM} "
+            f"(Triton {triton_release(PYTORCH_LLMAPI_TRTLLM)})"
         )
     release = image_release(image)
     if release and TRITON_TRTLLM[release][0] != version:

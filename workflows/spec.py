@@ -342,7 +342,7 @@ class ServingSpec(Strict):
     trtllm_version: str | None = Field(
         default=None,
         description="TensorRT-LLM release serving.image is built on (`megapod images` derives its Triton "
-        "base); default per backend: trtllm-engine 0.12.0, trtllm-pytorch 1.0.0",
+        "base); default per backend: trtllm-engine 0.12.0, trtllm-pytorch 0.19.0",
     )
     replicas: ReplicaBounds = Field(default_factory=ReplicaBounds)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
@@ -488,12 +488,34 @@ class Spec(Strict):
         if not isinstance(autoscaling, dict) or backend not in set(Backend):
             return data  # not plain data, or a bad backend: the field validators report it
         version = serving.get("trtllm_version") or DEFAULT_TRTLLM.get(backend)
-        metric = str(autoscaling.get("metric") or default_signal(backend, version))
+        try:
+            metric = str(autoscaling.get("metric") or default_signal(backend, version))
+        except ValueError:
+            return data  # a release megapod does not serve: _release_can_work says which would
         if metric not in SIGNALS_BY_NAME:
             raise ValueError(_metric_not_produced(metric, backend, version))
         target = autoscaling.get("target", SIGNALS_BY_NAME[metric].default_target)
         autoscaling = {**autoscaling, "metric": metric, "target": target}
         return {**data, "serving": {**serving, "autoscaling": autoscaling}}
+
+    @model_validator(mode="after")
+    def _release_can_work(self) -> Spec:
+        # Before the metric checks: a release that cannot work explains every later problem.
+        check_release(self.backend, self.serving.trtllm_version, self.serving.image)
+        return self
+
+    @model_validator(mode="after")
+    def _benchmark_tool_speaks_the_backend(self) -> Spec:
+        # genai-perf 0.0.16's kserve payload (inputs/converters/tensorrtllm_converter.py) always
+        # names the ensemble's inputs; perf_analyzer refuses inputs a model does not declare.
+        if self.benchmark.tool == "genai-perf" and self.backend == Backend.TRTLLM_PYTORCH:
+            raise ValueError(
+                "benchmark.tool genai-perf sends the TRT-LLM ensemble's inputs (max_tokens, stream, "
+                "min_length, exclude_input_in_output), which the llmapi model tensorrt_llm of backend "
+                "trtllm-pytorch does not declare, and perf_analyzer refuses unknown inputs; use "
+                "benchmark.tool aiperf"
+            )
+        return self
 
     @model_validator(mode="after")
     def _backend_produces_metric(self) -> Spec:
@@ -510,7 +532,6 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _plan_fits(self) -> Spec:
         check_group_divides(self.build.tp, self.build.pp, self.cluster.gpus_per_node)
-        check_release(self.backend, self.serving.trtllm_version, self.serving.image)
         check_weights_fit(self)
         return self
 

@@ -39,6 +39,7 @@ from steps.autoscale.samplers import (
 )
 from steps.autoscale.simulated import SIMULATED_LABEL, simulated_rows
 from steps.autoscale.timeline import requests_frame, timeline_frame, write_parquet
+from steps.contract import contract_for
 from workflows.chart_values import chart_values, scaling_series
 from workflows.spec import Spec, SpecError, load_spec
 
@@ -95,7 +96,7 @@ class Sampler:
 def run(spec: Spec, url: str, out: Path, *, release: str, kube: KubeWatcher | None,
         prometheus: PrometheusSampler | None, on_load_start: Callable[[], object] | None = None) -> dict:
     """Run the load test and write its three outputs; return the milestones document."""
-    plan = LoadPlan.from_spec(spec.loadtest)
+    plan = LoadPlan.from_spec(spec.loadtest, str(spec.backend))
     sampler = Sampler(spec, release, plan, kube=kube, prometheus=prometheus)
     generator = LoadGenerator(url, plan, on_stage=lambda s, t: log.info(
         "stage %s: concurrency %d for %d s (at %.0f s)", s.name, s.concurrency, s.duration_s, t))
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot reach the Kubernetes API ({exc}); pass --kube off to skip it", file=sys.stderr)
         return 2
     kube = KubeWatcher(api, spec.cluster.namespace) if api is not None else None
-    prometheus = (PrometheusSampler(args.prometheus, scaling_series(spec), group_label=args.group_label)
+    prometheus = (PrometheusSampler(args.prometheus, scaling_series(spec), group_label=args.group_label,
+                                    request_model=contract_for(str(spec.backend)).model)
                   if args.prometheus else None)
     release = args.release or spec.name
     document = run(spec, args.url, args.out, release=release, kube=kube, prometheus=prometheus)

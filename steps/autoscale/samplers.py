@@ -22,8 +22,6 @@ from typing import Any
 
 import requests
 
-from steps.contract import SERVED_MODEL
-
 log = logging.getLogger("megapod.autoscale")
 
 LWS_GROUP = "leaderworkerset.x-k8s.io"
@@ -310,7 +308,7 @@ def node_rows(time_s: float, nodes: list[dict], selector: dict[str, str], load_s
 class PrometheusSampler:
     """Instant queries over Prometheus' HTTP API: the scaling signal and per-leader request rates."""
 
-    def __init__(self, url: str, signal_series: str, *, request_model: str = SERVED_MODEL,
+    def __init__(self, url: str, signal_series: str, *, request_model: str,
                  group_label: str = "pod", timeout_s: float = 5.0) -> None:
         self.url = url.rstrip("/")
         self.signal_series = signal_series

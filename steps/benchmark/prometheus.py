@@ -40,17 +40,13 @@ SERVER_METRICS = (
     ServerMetric("compute_time", "ms", "avg", _per_success("nv_inference_compute_infer_duration_us")),
     ServerMetric("requests_succeeded", "requests", "sum", "sum(increase(nv_inference_request_success[{w}]))"),
     ServerMetric("requests_failed", "requests", "sum", "sum(increase(nv_inference_request_failure[{w}]))"),
+    # Triton's pending count stays near zero on TensorRT-LLM (the executor holds the requests):
+    # the executor's own gauges say how full it was (workflows/backend_metrics.py has which exist).
     ServerMetric(
         "pending_requests",
         "requests",
         "max",
         "max_over_time(sum(nv_inference_pending_request_count)[{w}:1s])",
-    ),
-    ServerMetric(
-        "trtllm_waiting_requests",
-        "requests",
-        "max",
-        'max_over_time(sum(nv_trt_llm_request_metrics{{request_type="waiting"}})[{w}:1s])',
     ),
     ServerMetric(
         "trtllm_active_requests",
@@ -59,10 +55,24 @@ SERVER_METRICS = (
         'max_over_time(sum(nv_trt_llm_request_metrics{{request_type="active"}})[{w}:1s])',
     ),
     ServerMetric(
-        "kv_cache_fraction",
+        "batch_slot_occupancy",
         "fraction",
         "max",
-        'max_over_time(max(nv_trt_llm_kv_cache_block_metrics{{kv_cache_block_type="fraction"}})[{w}:1s])',
+        'max_over_time((sum(nv_trt_llm_request_metrics{{request_type="active"}})'
+        ' / clamp_min(sum(nv_trt_llm_request_metrics{{request_type="max"}}), 1))[{w}:1s])',
+    ),
+    ServerMetric(  # TensorRT-LLM 0.18 on; null before
+        "trtllm_waiting_requests",
+        "requests",
+        "max",
+        'max_over_time(sum(nv_trt_llm_request_metrics{{request_type="waiting"}})[{w}:1s])',
+    ),
+    ServerMetric(
+        "kv_cache_utilization",
+        "fraction",
+        "max",
+        'max_over_time((sum(nv_trt_llm_kv_cache_block_metrics{{kv_cache_block_type="used"}})'
+        ' / clamp_min(sum(nv_trt_llm_kv_cache_block_metrics{{kv_cache_block_type="max"}}), 1))[{w}:1s])',
     ),
     ServerMetric("gpu_utilization", "%", "avg", "avg(avg_over_time(DCGM_FI_DEV_GPU_UTIL[{w}]))"),
     ServerMetric("cpu_utilization", "%", "avg", "avg(avg_over_time(nv_cpu_utilization[{w}])) * 100"),

@@ -35,10 +35,6 @@ AIPERF_VARIABLES = {
 }
 
 
-class ToolMismatch(ValueError):
-    """The spec's benchmark tool cannot speak the backend's contract; the message names what can."""
-
-
 @dataclass(frozen=True)
 class PointPlan:
     """One sweep point."""
@@ -146,16 +142,6 @@ def aiperf_command(
     return command
 
 
-def check_tool(tool: str, contract: Contract) -> None:
-    """Refuse genai-perf for a contract its kserve payload does not match (perf_analyzer would fail)."""
-    if tool == GENAI_PERF and contract != ENSEMBLE:
-        raise ToolMismatch(
-            f"benchmark.tool genai-perf sends the TRT-LLM ensemble's inputs (max_tokens, stream, ...), "
-            f"which model {contract.model} does not declare, and perf_analyzer refuses unknown inputs; "
-            f"use benchmark.tool aiperf for this backend"
-        )
-
-
 def genai_perf_command(
     bench: BenchmarkSpec,
     point: PointPlan,
@@ -166,7 +152,6 @@ def genai_perf_command(
     requests: int | None = None,
 ) -> list[str]:
     """genai-perf profile for one point (perf_analyzer must be on PATH); `requests` for a warm-up run."""
-    check_tool(GENAI_PERF, target.contract)
     command = [
         GENAI_PERF,
         "profile",

@@ -21,6 +21,7 @@ from hera.workflows import Artifact, Container, NoneArchiveStrategy, Parameter, 
 from hera.workflows.models import Mutex, Synchronization, ValueFrom
 
 from reports import REPORT_PAGE
+from steps.contract import contract_for
 from workflows.argo import common as c
 from workflows.argo import pod
 from workflows.chart_values import chart_values, default_repository, leader_service_host
@@ -222,8 +223,8 @@ def publish(spec: Spec) -> Stage:
     return Stage(
         name=c.PUBLISH,
         title=f"{spec.name}: publish",
-        description="Write the Triton inflight-batcher repository (ensemble, preprocessing, tensorrt_llm, "
-        "postprocessing).",
+        description="Write the Triton model repository "
+        f"({', '.join(contract_for(str(spec.backend)).repository)}).",
         module="steps.publish",
         args=[
             "--spec",
