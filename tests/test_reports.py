@@ -245,14 +245,19 @@ def test_points_without_point_json_take_load_and_lengths_from_input_config(tmp_p
     assert throughput["value"].tolist() == [800.0]  # not the warm-up phase's copy
 
 
-def test_failed_point_is_listed_with_the_tools_error(tmp_path):
+def sweep_with_failed_point(tmp_path: Path, error: str) -> Path:
+    """One good aiperf point and one at concurrency 64 whose tool failed with `error`."""
     inputs = write_sweep(tmp_path / "in", "aiperf", points=((1, 128, 128),))
     failed = inputs / "isl128-osl128-c64"
     failed.mkdir()
     (failed / "point.json").write_text(json.dumps({
-        "tool": "aiperf", "concurrency": 64, "isl": 128, "osl": 128, "status": "failed",
-        "error": "timed out after 1800s (point_timeout_s); killed",
+        "tool": "aiperf", "concurrency": 64, "isl": 128, "osl": 128, "status": "failed", "error": error,
     }))  # fmt: skip
+    return inputs
+
+
+def test_failed_point_is_listed_with_the_tools_error(tmp_path):
+    inputs = sweep_with_failed_point(tmp_path, "timed out after 1800s (point_timeout_s); killed")
     assert report_main(["--input", str(inputs), "--out", str(tmp_path / "out")]) == 0
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "isl128-osl128-c64: failed: timed out after 1800s" in summary
@@ -470,13 +475,7 @@ def test_out_that_is_a_file_is_bad_input(tmp_path, capsys):
 
 def test_markup_in_tool_errors_is_not_copied_into_summary_md(tmp_path):
     """Markdown renderers pass raw HTML through (CommonMark 0.31 §6.6 'Raw HTML'); tool errors are text."""
-    inputs = write_sweep(tmp_path / "in", "aiperf", points=((1, 128, 128),))
-    failed = inputs / "isl128-osl128-c64"
-    failed.mkdir()
-    (failed / "point.json").write_text(json.dumps({
-        "tool": "aiperf", "concurrency": 64, "isl": 128, "osl": 128, "status": "failed",
-        "error": "<script>alert(1)</script><img src=x onerror=alert(2)>",
-    }))  # fmt: skip
+    inputs = sweep_with_failed_point(tmp_path, "<script>alert(1)</script><img src=x onerror=alert(2)>")
     assert report_main(["--input", str(inputs), "--out", str(tmp_path / "out")]) == 0
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "<script" not in summary and "<img" not in summary

@@ -217,15 +217,9 @@ def test_files_that_are_not_yaml_text_are_one_line(tmp_path, kind) -> None:
 
 def test_a_fifo_is_refused_before_it_is_opened(tmp_path) -> None:
     """Opening a FIFO for reading blocks until a writer comes (fifo(7)): a subprocess with a timeout."""
-    import os
-    import subprocess
-    import sys
+    from tests.support.cli import megapod_on_fifo
 
     fifo = tmp_path / "spec.yaml"
-    os.mkfifo(fifo)
-    proc = subprocess.run(
-        [sys.executable, "-m", "workflows.cli", "validate", str(fifo)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    proc = megapod_on_fifo("validate", fifo)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == f"error: {fifo}: not a regular file; give the spec YAML file"

@@ -352,14 +352,9 @@ def test_lint_of_binary_or_absurdly_nested_files_is_one_line(tmp_path, content, 
 
 def test_lint_refuses_a_fifo_instead_of_blocking_on_it(tmp_path) -> None:
     """A FIFO named on the command line (fifo(7): open blocks until a writer comes)."""
-    import subprocess
-    import sys
+    from tests.support.cli import megapod_on_fifo
 
     fifo = tmp_path / "rendered.yaml"
-    os.mkfifo(fifo)
-    proc = subprocess.run(
-        [sys.executable, "-m", "workflows.cli", "lint", str(fifo)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    proc = megapod_on_fifo("lint", fifo)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"{fifo}: not a regular file; give the rendered YAML file"
