@@ -6,7 +6,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test bootstrap-demo bootstrap-test lint render golden clean
+.PHONY: demo test bootstrap-demo bootstrap-test lint render golden clean cluster cluster-down
 
 bootstrap-demo:
 	@scripts/bootstrap.sh demo
@@ -31,6 +31,15 @@ golden: bootstrap-test
 
 render: bootstrap-demo
 	$(BIN)/megapod render workflows/examples/llama-3.1-405b-p5.yaml --out out/llama-405b
+
+# A real control plane on 127.0.0.1 (scripts/cluster/cluster.py): built from the Go module proxy
+# into .tools/cluster/ on first use, then started; prints the kubeconfig and the Argo Server address.
+cluster: bootstrap-test
+	@$(BIN)/python scripts/cluster/cluster.py up
+
+# Stops every process `make cluster` started (by pid) and removes its folder.
+cluster-down:
+	@$(BIN)/python scripts/cluster/cluster.py down
 
 clean:
 	rm -rf out runs .pytest_cache

@@ -25,7 +25,8 @@ command -v go >/dev/null || { echo "cluster build: go not found in PATH (Go >= 1
 
 # The versions of the modules a group's tools come from, e.g. "v1.34.4-v0.8.0".
 group_key() {
-  go -C "$GO_DIR/$1" list -f '{{.Module.Version}}' tool | awk '!seen[$0]++' | paste -sd- -
+  # -e: Argo's ui package does not load from the module cache (its embed target is missing).
+  go -C "$GO_DIR/$1" list -e -f '{{.Module.Version}}' tool | awk '!seen[$0]++' | paste -sd- -
 }
 
 # Version of one module in a group's build list.
