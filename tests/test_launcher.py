@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -372,13 +373,16 @@ def test_llmapi_options_are_read_from_the_repository_publish_writes(tiny_model: 
     from steps.publish import CPU_LLMAPI_TEMPLATES, render_repository
 
     spec = load_spec(ROOT / "workflows" / "examples" / "llama-3.1-70b-pytorch-fp8.yaml")
-    repo = render_repository(spec, tiny_model, tiny_model, CPU_LLMAPI_TEMPLATES, tmp_path / "repo")
+    checkpoint = tmp_path / "fp8"  # the example serves FP8: a ModelOpt-quantized checkpoint's marker
+    shutil.copytree(tiny_model, checkpoint)
+    (checkpoint / "hf_quant_config.json").write_text('{"quantization": {"quant_algo": "FP8"}}')
+    repo = render_repository(spec, checkpoint, checkpoint, CPU_LLMAPI_TEMPLATES, tmp_path / "repo")
     assert checks.check_llmapi_options(repo, spec.world_size) == []
     (wrong,) = checks.check_llmapi_options(repo, 2 * spec.world_size)
     tp_pp = f"tensor_parallel_size {spec.build.tp} x pipeline_parallel_size {spec.build.pp}"
     assert f"{tp_pp} != world size {2 * spec.world_size}" in wrong
     options = repo / checks.LLMAPI_OPTIONS
-    options.write_text(options.read_text().replace(str(tiny_model), str(tmp_path / "unmounted")))
+    options.write_text(options.read_text().replace(str(checkpoint), str(tmp_path / "unmounted")))
     assert "holds no config.json" in checks.check_llmapi_options(repo, spec.world_size)[0]
     options.unlink()
     assert "not found; publish the repository" in checks.check_llmapi_options(repo, spec.world_size)[0]
