@@ -164,3 +164,24 @@ def write_outputs(outputs_dir: Path, **values: str) -> None:
     outputs_dir.mkdir(parents=True, exist_ok=True)
     for name, value in values.items():
         atomic_write_text(outputs_dir / name, str(value))
+
+
+def repository_problem(directory: Path) -> str | None:
+    """Why the model repository `directory` is not complete as its manifest says, or None.
+
+    The manifest lists every file publish wrote, whatever the backend's models are, so the check
+    is against it rather than against model names: files missing or changed, and files it does
+    not list (Triton would load a stray directory as a model).
+    """
+    manifest = read_manifest(directory, path=repository_manifest_path(directory))
+    if manifest is None:
+        return f"no readable {REPOSITORY_MANIFEST} (not published by megapod, or publish was interrupted)"
+    bad = verify_files(directory, manifest.files)
+    listed = {f.path for f in manifest.files}
+    present = (p.relative_to(directory) for p in directory.rglob("*") if p.is_file())
+    extra = sorted(r.as_posix() for r in present if not _is_manifest(r) and r.as_posix() not in listed)
+    if bad or extra:
+        parts = [f"{len(bad)} file(s) missing or changed: {', '.join(bad[:5])}"] if bad else []
+        parts += [f"{len(extra)} file(s) not in its manifest: {', '.join(extra[:5])}"] if extra else []
+        return "; ".join(parts)
+    return None

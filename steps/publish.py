@@ -22,7 +22,8 @@ at run time, steps/cpu_backend/models for backend cpu-python.
 
 Publishing: a directory destination is staged next to it, verified, given its manifest, then
 renamed into place. An s3:// destination gets the repository under a content-addressed prefix
-(s3://bucket/prefix/<digest>/), each object verified (list, sizes, MD5 ETags), and the pointer
+(s3://bucket/prefix/<digest>/), each object verified (list, sizes, MD5 ETags), the manifest
+uploaded only after every file it lists verified, and the pointer
 s3://bucket/prefix/current.json written last. Output `repository`: the final path or URI.
 """
 
@@ -53,6 +54,7 @@ from steps.manifest import (
     hash_tree,
     read_manifest,
     repository_manifest_path,
+    repository_problem,
     sha256_file,
     write_manifest,
     write_outputs,
@@ -441,16 +443,45 @@ def publish_directory(staging: Path, dest: Path, manifest: Manifest) -> str:
     """Manifest last into the staging dir, then renames: dest is the old or the new repository."""
     existing = read_manifest(dest, path=repository_manifest_path(dest))
     if existing is not None and existing.digest() == manifest.digest():
-        log.info("publish: %s already holds this repository", dest)
-        shutil.rmtree(staging)
-        return str(dest)
+        # Equal manifests say nothing about the files: a damaged copy is replaced (repaired).
+        damage = repository_problem(dest)
+        if damage is None:
+            log.info("publish: %s already holds this repository", dest)
+            shutil.rmtree(staging)
+            return str(dest)
+        log.warning("publish: %s is damaged (%s); publishing it again", dest, damage)
     write_manifest(staging, manifest, path=repository_manifest_path(staging))
-    old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+    old = dest.with_name(f"{_leftover_prefix(dest)}old-{uuid.uuid4().hex[:8]}")
     if dest.exists():
         os.replace(dest, old)
     os.replace(staging, dest)
     shutil.rmtree(old, ignore_errors=True)
     return str(dest)
+
+
+def _leftover_prefix(dest: Path) -> str:
+    """Name prefix of the staging and old directories publish keeps next to `dest`."""
+    return f".{dest.name}."
+
+
+def clean_leftovers(dest: Path) -> None:
+    """Remove the staging and old directories a killed publish to `dest` left behind."""
+    for kind in ("staging", "old"):
+        for leftover in dest.parent.glob(f"{_leftover_prefix(dest)}{kind}-*"):
+            log.info("publish: removing %s, left by an interrupted publish", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def check_destination(dest: str) -> None:
+    """A directory destination must be (or be creatable as) a directory: SpecError otherwise."""
+    if dest.startswith("s3://"):
+        return
+    path = Path(dest)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise SpecError(
+            [f"--dest {dest}: {blocker} is a file; pass a directory (created if missing) or s3://bucket/prefix"]
+        )
 
 
 def publish_s3(staging: Path, uri: str, manifest: Manifest, spec: Spec) -> str:
@@ -462,18 +493,12 @@ def publish_s3(staging: Path, uri: str, manifest: Manifest, spec: Spec) -> str:
     client = s3_client(s3.endpoint_url if s3 else None, s3.region if s3 else None)
     root = f"{prefix.strip('/')}/{manifest.digest()[:20]}".lstrip("/")
     write_manifest(staging, manifest, path=repository_manifest_path(staging))
-    entries = {**{e.path: e for e in manifest.files}, **_manifest_entry(staging)}
-    pending = dict(entries)
-    for attempt in range(1, 4):
-        _upload_together(client, staging, bucket, root, list(pending))
-        pending = _unverified(client, bucket, root, entries, staging)
-        if not pending:
-            break
-        log.warning(
-            "publish: %d object(s) failed verification, re-uploading (round %d)", len(pending), attempt
-        )
-    else:
-        raise PublishError(f"{uri}: objects still wrong after 3 uploads: {', '.join(sorted(pending))}")
+    files = {e.path: e for e in manifest.files}
+    manifest_entry = _manifest_entry(staging)
+    entries = {**files, **manifest_entry}
+    # The manifest says "complete": it is uploaded only once every file it lists is verified.
+    for batch in (files, manifest_entry):
+        _upload_verified(client, staging, (bucket, root, uri), batch, entries)
     pointer = {"repository": f"s3://{bucket}/{root}", "digest": manifest.digest(), "files": len(entries)}
     client.put_object(
         Bucket=bucket,
@@ -482,6 +507,28 @@ def publish_s3(staging: Path, uri: str, manifest: Manifest, spec: Spec) -> str:
         ContentType="application/json",
     )
     return pointer["repository"]
+
+
+def _upload_verified(
+    client,
+    staging: Path,
+    where: tuple[str, str, str],
+    batch: dict[str, FileEntry],
+    entries: dict[str, FileEntry],
+) -> None:
+    """Upload `batch` under s3://bucket/root/ until every object of it verifies (3 rounds at most)."""
+    bucket, root, uri = where
+    pending = dict(batch)
+    for attempt in range(1, 4):
+        _upload_together(client, staging, bucket, root, list(pending))
+        wrong = _unverified(client, bucket, root, entries, staging)
+        pending = {rel: entry for rel, entry in wrong.items() if rel in batch}
+        if not pending:
+            return
+        log.warning(
+            "publish: %d object(s) failed verification, re-uploading (round %d)", len(pending), attempt
+        )
+    raise PublishError(f"{uri}: objects still wrong after 3 uploads: {', '.join(sorted(pending))}")
 
 
 def _upload_together(client, staging: Path, bucket: str, root: str, rels: list[str]) -> None:
@@ -541,6 +588,7 @@ def publish(
         staging = Path(os.environ.get("TMPDIR", "/tmp")) / f"megapod-publish-{uuid.uuid4().hex[:8]}"
     else:
         target = Path(dest)
+        clean_leftovers(target)
         staging = target.with_name(f".{target.name}.staging-{uuid.uuid4().hex[:8]}")
     try:
         render_repository(spec, engines_dir, tokenizer_dir, templates, staging)
@@ -583,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, path in (("--engines", args.engines), ("--tokenizer", args.tokenizer)):
             if not path.is_dir():
                 raise SpecError([f"{name} {path}: no such directory"])
+        check_destination(args.dest)
         result = publish(spec, args.engines, args.tokenizer, args.dest, args.templates)
     except SpecError as exc:
         for problem in exc.problems:

@@ -16,7 +16,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from steps import publish as p
 from steps.build import CPU_POINTER
-from steps.manifest import REPOSITORY_MANIFEST, read_manifest, repository_manifest_path
+from steps.manifest import REPOSITORY_MANIFEST, read_manifest, repository_manifest_path, repository_problem
 from tests.support.faultproxy import FaultProxy
 from tests.support.triton import start_triton
 from workflows.spec import Spec, load_spec, parse_spec
@@ -353,3 +353,96 @@ def test_pytorch_backend_refuses_fp8_from_a_plain_checkpoint(llmapi_templates, t
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "needs an FP8 checkpoint" in line and "pre-quantized (ModelOpt)" in line
     assert not (tmp_path / "out").exists()
+
+
+# --- issue 13.2: a damaged repository is never taken as complete ----------------------------------
+
+
+def _publish_argv(templates: Path, tmp_path: Path, dest: Path | str) -> list[str]:
+    """CLI arguments publishing the reference spec's repository to `dest`."""
+    for name in ("engines", "tok"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    return [
+        "--spec", str(REFERENCE_405B), "--engines", str(tmp_path / "engines"), "--tokenizer",
+        str(tmp_path / "tok"), "--dest", str(dest), "--templates", str(templates),
+        "--outputs", str(tmp_path / "o"),
+    ]  # fmt: skip
+
+
+DAMAGES = {
+    "truncated": lambda repo: (repo / "ensemble" / "config.pbtxt").write_text("name: 'ensemble'\n"),
+    "same size, other bytes": lambda repo: _flip_last_byte(repo / "preprocessing" / "1" / "model.py"),
+    "removed": lambda repo: (repo / "postprocessing" / "1" / "model.py").unlink(),
+    "stray model": lambda repo: (repo / "stray" / "1").mkdir(parents=True)
+    or (repo / "stray" / "config.pbtxt").write_text("name: 'stray'\n"),
+}
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_repository_is_published_again_not_taken_as_complete(damage, templates, tmp_path, capsys):
+    """Equal manifests but files that disagree with them: the rerun repairs the repository."""
+    dest = tmp_path / "vol" / "repo"
+    argv = _publish_argv(templates, tmp_path, dest)
+    assert p.main(argv) == 0
+    DAMAGES[damage](dest)
+    assert repository_problem(dest) is not None
+    capsys.readouterr()
+    assert p.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "already holds" not in err and "is damaged" in err
+    assert repository_problem(dest) is None
+    assert sorted(x.name for x in dest.parent.iterdir()) == ["repo"]
+
+
+def test_leftovers_of_a_killed_publish_are_removed_by_the_next_run(templates, tmp_path):
+    """A publish killed after staging (or between its two renames) leaves hidden siblings behind."""
+    dest = tmp_path / "vol" / "repo"
+    argv = _publish_argv(templates, tmp_path, dest)
+    assert p.main(argv) == 0
+    for leftover in (".repo.staging-0badf00d", ".repo.old-0badf00d"):
+        (dest.parent / leftover / "ensemble").mkdir(parents=True)
+        (dest.parent / leftover / "ensemble" / "config.pbtxt").write_text("partial")
+    assert p.main(argv) == 0
+    assert sorted(x.name for x in dest.parent.iterdir()) == ["repo"]
+
+
+@pytest.mark.parametrize("where", ["dest", "parent"])
+def test_a_dest_that_is_a_file_is_refused_in_one_line(where, templates, tmp_path, capsys):
+    blocker = tmp_path / "vol"
+    blocker.write_text("not a directory")
+    dest = blocker if where == "dest" else blocker / "repo"
+    assert p.main(_publish_argv(templates, tmp_path, dest)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file" in err[0] and "Traceback" not in err[0]
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.integration
+def test_s3_manifest_is_uploaded_after_every_file_it_lists(moto_s3, templates, tmp_path, monkeypatch):
+    """The order of S3 writes, seen through botocore's `provide-client-params.s3.<Operation>` events
+    (botocore 1.44.8 botocore/client.py `_emit_api_params` emits them with the caller's parameters)."""
+    bucket = moto_s3.new_bucket()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "t").mkdir()
+    writes: list[str] = []
+    make_client = p.s3_client
+
+    def recording_client(*args, **kwargs):
+        client = make_client(*args, **kwargs)
+        for operation in ("PutObject", "CreateMultipartUpload"):
+            client.meta.events.register(
+                f"provide-client-params.s3.{operation}", lambda params, **_: writes.append(params["Key"])
+            )
+        return client
+
+    monkeypatch.setattr(p, "s3_client", recording_client)
+    spec = load_spec(REFERENCE_405B)
+    result = p.publish(spec, tmp_path / "e", tmp_path / "t", f"s3://{bucket}/r", templates)
+    root = result.repository.removeprefix(f"s3://{bucket}/")
+    assert writes[-2:] == [f"{root}/{REPOSITORY_MANIFEST}", "r/current.json"]
+    assert {w.removeprefix(f"{root}/") for w in writes[:-2]} == {f.path for f in result.manifest.files}
