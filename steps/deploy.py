@@ -35,6 +35,7 @@ import yaml
 
 from steps.autoscale.samplers import INSTANCE_LABEL, KubeWatcher, pending_reason, release_lws_name
 from steps.contract import ENSEMBLE, Contract, contract_for
+from steps.manifest import repository_problem
 from workflows.chart_values import CHART_DIR
 from workflows.spec import Backend, Spec, SpecError, load_spec
 
@@ -272,9 +273,11 @@ def start_local(spec: Spec, release: str, repository: Path, run_dir: Path, timeo
     """Start the local group (steps.localgroup) and wait until its leader serves."""
     from steps.localgroup import LocalGroupError, start_group
 
-    if not (repository / "ensemble" / "config.pbtxt").is_file():
-        raise DeployError(f"{repository} is not a Triton model repository with an ensemble model; pass "
-                          "--repository (the publish step's output) or fix model.repository in --values")
+    # Checked against publish's manifest (whatever models the backend has), not a model name.
+    damage = repository_problem(repository)
+    if damage is not None:
+        raise DeployError(f"{repository} is not a complete published model repository ({damage}); run "
+                          "publish again, or pass --repository (the publish step's output)")
     try:
         group = start_group(spec, repository, run_dir, release, timeout_s=timeout_s)
     except LocalGroupError as exc:

@@ -18,9 +18,10 @@ import yaml
 
 from steps.deploy import main as deploy_main
 from steps.deploy import smoke_request
+from steps.manifest import REPOSITORY_MANIFEST
 from tests.support import kube
 from workflows.chart_values import chart_values
-from workflows.spec import parse_spec
+from workflows.spec import Backend, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 HELM_DOUBLE = ROOT / "tests" / "doubles" / "helm"
@@ -204,6 +205,7 @@ def test_local_deploy_serves_and_teardown_stops_it(tiny_model, tmp_path) -> None
     spec, values = write_spec(tmp_path, http=ports[0], grpc=ports[1], metrics=ports[2], backend="cpu-python")
     repository = tmp_path / "repository"
     write_ensemble_single(repository, tiny_model)
+    write_repository_manifest(repository)
     run_dir, outputs = tmp_path / "run", tmp_path / "outputs"
     args = ["--spec", str(spec), "--values", str(values), "--run-dir", str(run_dir),
             "--repository", str(repository), "--outputs", str(outputs)]
@@ -226,3 +228,38 @@ def test_local_deploy_serves_and_teardown_stops_it(tiny_model, tmp_path) -> None
         probe.settimeout(1)
         assert probe.connect_ex((host, ports[0])) != 0
     assert deploy_main(["--spec", str(spec), "--teardown", "--run-dir", str(run_dir)]) == 0  # idempotent
+
+
+def write_repository_manifest(repository: Path) -> None:
+    """The manifest publish writes last (steps.publish), for a repository a test wrote itself."""
+    from steps.manifest import Manifest, hash_tree, repository_manifest_path, write_manifest
+
+    manifest = Manifest(kind="repository", source="test", revision="", files=hash_tree(repository))
+    write_manifest(repository, manifest, path=repository_manifest_path(repository))
+
+
+@pytest.mark.parametrize("damage", ["no manifest", "changed", "removed", "stray file"])
+def test_local_deploy_refuses_a_damaged_repository_in_one_line(damage, tmp_path, capsys) -> None:
+    """Before any pod starts: files are checked against publish's manifest, not a model's name
+    (today only ensemble/config.pbtxt is looked for, so each of these damages would be served)."""
+    from steps.contract import contract_for
+
+    spec, values = write_spec(tmp_path, backend="cpu-python")
+    repository = tmp_path / "repository"
+    for model in contract_for(Backend.CPU_PYTHON).repository:
+        (repository / model / "1").mkdir(parents=True)
+        (repository / model / "config.pbtxt").write_text(f"name: '{model}'\n")
+    write_repository_manifest(repository)
+    model = repository / "tensorrt_llm" / "config.pbtxt"
+    {
+        "no manifest": lambda: (repository / REPOSITORY_MANIFEST).unlink(),
+        "changed": lambda: model.write_text("name: 'other'\n"),
+        "removed": model.unlink,
+        "stray file": lambda: (repository / "stray.txt").write_text("x"),
+    }[damage]()
+    args = ["--spec", str(spec), "--values", str(values), "--run-dir", str(tmp_path / "run"),
+            "--repository", str(repository), "--outputs", str(tmp_path / "outputs")]
+    assert deploy_main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a complete published model repository" in err[0]
+    assert not (tmp_path / "run" / "deploy").exists()
