@@ -548,3 +548,30 @@ def test_the_charts_launcher_arguments_are_accepted_and_consistent(spec_file: Pa
     keys = {*secret.get("stringData", {}), *secret.get("data", {})}
     for path in (leader.identity, leader.known_hosts, worker.host_key, worker.authorized_keys):
         assert path.parent == Path("/etc/megapod/ssh") and path.name in keys, path
+
+
+def test_leader_refuses_a_repository_unlike_its_manifest(tiny_model: Path, tmp_path: Path) -> None:
+    """Issue 13.2, cluster path: the leader checks what its pod mounted against publish's manifest
+    before the barrier. The trtllm-pytorch repository (tensorrtllm_backend v0.19.0 all_models/llmapi:
+    one model, no ensemble) passes as published; a changed or stray file does not."""
+    from steps.publish import CPU_LLMAPI_TEMPLATES, publish
+
+    spec = load_spec(ROOT / "workflows" / "examples" / "llama-3.1-70b-pytorch-fp8.yaml")
+    checkpoint = tmp_path / "fp8"
+    shutil.copytree(tiny_model, checkpoint)
+    (checkpoint / "hf_quant_config.json").write_text('{"quantization": {"quant_algo": "FP8"}}')
+    repo = tmp_path / "repo"
+    publish(spec, checkpoint, checkpoint, str(repo), CPU_LLMAPI_TEMPLATES)
+    env = {"LWS_LEADER_ADDRESS": "m-0.m.ns", "LWS_GROUP_SIZE": str(spec.group_size)}
+    args = [
+        "leader", "--backend", "trtllm-pytorch", "--model-repository", str(repo),
+        "--world-size", str(spec.world_size), "--gpus-per-node", str(spec.gpus_per_pod),
+        "--barrier-timeout", "1",
+    ]  # fmt: skip
+    assert "is not complete" not in launcher(args, env, tmp_path).stderr
+    for damage in (repo / TRTLLM_MODEL / "1" / "model.py", repo / "stray" / "config.pbtxt"):
+        damage.parent.mkdir(parents=True, exist_ok=True)
+        damage.write_text("# not what publish wrote\n")
+        done = launcher(args, env, tmp_path)
+        assert done.returncode == 1 and "[barrier]" not in done.stderr
+        assert f"model repository {repo} is not complete" in done.stderr and damage.name in done.stderr

@@ -124,6 +124,10 @@ def start_checks(args: argparse.Namespace, lws_size: int) -> list[str]:
         problems.append(
             f"--colocated-ssh-ports names {len(colocated)} ports but the group has {lws_size - 1} workers"
         )
+    if args.backend != Backend.CPU_PYTHON:
+        # What a pod serves is checked where it is mounted (the deploy step has no volume);
+        # cpu-python runs only locally, where deploy made the same check before starting the group.
+        problems += checks.check_repository(args.model_repository)
     if args.backend == Backend.TRTLLM_ENGINE:
         engine_dir = args.engine_dir or checks.engine_dir_from_repository(args.model_repository)
         problems += checks.check_engine_dir(engine_dir, args.world_size, args.gpus_per_node)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from steps.launcher.command import TRTLLM_MODEL
+from steps.manifest import repository_problem
 
 # tensorrt_llm/config.pbtxt parameters that point at the engine (v0.12 name, then newer).
 ENGINE_PATH_KEYS = ("gpt_model_path", "engine_dir")
@@ -40,6 +41,14 @@ def check_world(group_size: int, gpus_per_node: int, world_size: int) -> list[st
         f"(= {group_size * gpus_per_node}); the LeaderWorkerSet and the launcher arguments disagree: "
         "render both from the same spec"
     ]
+
+
+def check_repository(repository: Path) -> list[str]:
+    """The model repository holds exactly the files publish's manifest lists (any backend's layout)."""
+    damage = repository_problem(repository)
+    if damage is None:
+        return []
+    return [f"model repository {repository} is not complete ({damage}); publish it again before serving"]
 
 
 def engine_dir_from_repository(repository: Path) -> Path | None:
