@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -575,3 +576,61 @@ def test_leader_refuses_a_repository_unlike_its_manifest(tiny_model: Path, tmp_p
         done = launcher(args, env, tmp_path)
         assert done.returncode == 1 and "[barrier]" not in done.stderr
         assert f"model repository {repo} is not complete" in done.stderr and damage.name in done.stderr
+
+
+# --- issue 13.4: no secrets at rest -------------------------------------------------------------
+
+SECRETS = {
+    "HF_TOKEN": "hf_abcdefghijklmnopqrstuvwxyz0123",
+    "HUGGING_FACE_HUB_TOKEN": "hf_abcdefghijklmnopqrstuvwxyz0124",
+    "AWS_ACCESS_KEY_ID": "AKIAABCDEFGHIJKLMNOP",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "AWS_SESSION_TOKEN": "IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN",
+    "GITHUB_TOKEN": "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+    "APP_SETTING": "anything the ranks do not read",
+}
+RANK_ENV = {
+    "PATH": "/opt/tritonserver/bin:/usr/local/mpi/bin:/usr/bin",
+    "LD_LIBRARY_PATH": "/usr/local/mpi/lib",
+    "CUDA_VISIBLE_DEVICES": "0,1",
+    "NCCL_DEBUG": "WARN",
+    "FI_PROVIDER": "efa",
+    "FI_EFA_USE_DEVICE_RDMA": "1",
+    "NVIDIA_VISIBLE_DEVICES": "all",
+}
+
+
+def test_ssh_sessions_get_only_what_the_ranks_need() -> None:
+    """An allow-list (Open MPI's PATH/LD_LIBRARY_PATH, CUDA_/NCCL_/FI_ variables), not the whole env."""
+    assert sshd.session_env({**RANK_ENV, **SECRETS}) == dict(sorted(RANK_ENV.items()))
+
+
+def test_worker_configs_are_private_hold_no_secret_and_go_when_it_exits(tmp_path: Path) -> None:
+    """The real worker with OpenSSH's sshd (Debian 12, `sshd -D -e -f`): its runtime directory under
+    --runtime-dir holds 0600 files without any token while it runs, and is gone after SIGTERM."""
+    from tests.support.triton import free_port
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(keys / "host")], check=True)
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    args = ["worker", "--host-key", str(keys / "host"), "--authorized-keys", str(keys / "host.pub"),
+            "--ssh-port", str(free_port()), "--runtime-dir", str(runtime), "--listen-address", "127.0.0.1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LWS_")} | SECRETS
+    worker = subprocess.Popen([sys.executable, "-m", "steps.launcher", *args], env=env, cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not list(runtime.glob("*/sshd_config")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        files = [p for p in runtime.rglob("*") if p.is_file()]
+        assert {p.name for p in files} >= {sshd.SSHD_CONFIG, sshd.HOST_KEY, sshd.AUTHORIZED_KEYS}
+        assert all(p.stat().st_mode & 0o777 == 0o600 for p in files)
+        text = (next(runtime.iterdir()) / sshd.SSHD_CONFIG).read_text()
+        assert not [name for name, value in SECRETS.items() if value in text or name in text]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    assert list(runtime.iterdir()) == []

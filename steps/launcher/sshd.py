@@ -3,11 +3,15 @@
 The chart's per-release Secret holds the leader's identity (client key), the workers' shared host
 key, `authorized_keys` (the client public key) and `known_hosts` (`* <host public key>`), so the
 leader verifies worker host keys strictly without per-pod keys. Keys are copied into a private
-runtime directory with 0600 modes, so Secret volume modes and fsGroup do not matter to ssh.
+runtime directory with 0600 modes, so Secret volume modes and fsGroup do not matter to ssh; the
+configs are 0600 too, and sshd's SetEnv carries only the variables the ranks need (an allow-list),
+so tokens in the container's environment never reach a file. The launcher removes the directory
+when it exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -22,21 +26,37 @@ SSHD_CONFIG = "sshd_config"
 SSH_CONFIG = "ssh_config"
 PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start as root without it
 
-# Not passed to ssh sessions: per-login values sshd sets itself, and MPI variables mpirun sets.
-SESSION_ENV_DENY = {
-    "HOSTNAME",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-    "PWD",
-    "OLDPWD",
-    "SHLVL",
-    "_",
-    "TERM",
-    "MAIL",
+# What ssh sessions (orted and the ranks it starts) are given: only what those programs read, never
+# the container's whole environment (HF_TOKEN, AWS_SESSION_TOKEN, ... would land in sshd_config).
+SESSION_ENV_NAMES = {
+    # Open MPI docs, launching-apps/ssh.rst and prerequisites.rst: orted and libmpi must be found
+    # on every node through PATH and LD_LIBRARY_PATH (sshd otherwise gives a login's default PATH).
+    "PATH",
+    "LD_LIBRARY_PATH",
+    # tritonserver's python backend stub and TensorRT-LLM's python code (NGC image ENV).
+    "PYTHONPATH",
+    "PYTHONHOME",
+    # Locale and temporary files for every program the ranks run.
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    # NVIDIA container runtime: which GPUs and capabilities the container was given.
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    # Hugging Face libraries (tokenizers in the python models): cache location and offline mode only.
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
 }
-SESSION_ENV_DENY_PREFIXES = ("SSH_", "OMPI_", "PMIX_", "OPAL_")
+SESSION_ENV_PREFIXES = (
+    "CUDA_",  # CUDA runtime environment variables (CUDA_VISIBLE_DEVICES, CUDA_DEVICE_MAX_CONNECTIONS)
+    "NCCL_",  # NCCL's environment variables (NCCL_DEBUG, NCCL_SOCKET_IFNAME, NCCL_NET_PLUGIN, ...)
+    "FI_",  # libfabric fi(7) and fi_efa(7): FI_PROVIDER, FI_EFA_USE_DEVICE_RDMA, ...
+    "RDMAV_",  # rdma-core's libibverbs (RDMAV_FORK_SAFE, which the EFA setup guides set)
+    "TLLM_",  # TensorRT-LLM's runtime switches (TLLM_LOG_LEVEL, ...)
+    "TRTLLM_",
+)
 
 
 class SshSetupError(RuntimeError):
@@ -44,15 +64,14 @@ class SshSetupError(RuntimeError):
 
 
 def session_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The container env that ssh sessions (and so remote ranks) should see, minus per-login vars.
+    """The part of the container env ssh sessions (and so remote ranks) need: the allow-list above.
 
     Values sshd_config cannot quote (containing `"`, `\\` or newlines) are left out.
     """
     return {
         key: value
         for key, value in sorted(env.items())
-        if key not in SESSION_ENV_DENY
-        and not key.startswith(SESSION_ENV_DENY_PREFIXES)
+        if (key in SESSION_ENV_NAMES or key.startswith(SESSION_ENV_PREFIXES))
         and not any(ch in value for ch in '"\\\n')
         and key.replace("_", "").isalnum()
     }
@@ -133,9 +152,24 @@ def _private_copy(source: Path, runtime_dir: Path, name: str, what: str) -> Path
     return target
 
 
+def _private_write(path: Path, text: str) -> Path:
+    """Create `path` 0600 before any byte is written (no window where others may read it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)  # an existing file keeps its old mode through O_CREAT
+    return path
+
+
 def make_runtime_dir(parent: Path | None = None) -> Path:
-    """A fresh private (0700) directory for keys and configs."""
-    return Path(tempfile.mkdtemp(prefix="megapod-ssh-", dir=parent))
+    """A fresh private (0700) directory for keys and configs, removed when this process exits.
+
+    The launcher exits through return paths on SIGTERM too (its handlers only set a flag), so the
+    keys do not outlive the pod's process in a run folder; only a SIGKILL leaves the directory.
+    """
+    path = Path(tempfile.mkdtemp(prefix="megapod-ssh-", dir=parent))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def prepare_worker(
@@ -150,8 +184,8 @@ def prepare_worker(
     """Write host key, authorized_keys and sshd_config into `runtime_dir`; return the config path."""
     _private_copy(host_key, runtime_dir, HOST_KEY, "host key")
     _private_copy(authorized_keys, runtime_dir, AUTHORIZED_KEYS, "authorized_keys")
-    config = runtime_dir / SSHD_CONFIG
-    config.write_text(render_sshd_config(port, runtime_dir, user, session_env(env), listen_address))
+    text = render_sshd_config(port, runtime_dir, user, session_env(env), listen_address)
+    config = _private_write(runtime_dir / SSHD_CONFIG, text)
     if os.geteuid() == 0:
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     return config
@@ -161,6 +195,5 @@ def prepare_leader(identity: Path, known_hosts: Path, runtime_dir: Path, port: i
     """Write client key, known_hosts and ssh_config into `runtime_dir`; return the config path."""
     _private_copy(identity, runtime_dir, CLIENT_KEY, "identity (client key)")
     _private_copy(known_hosts, runtime_dir, KNOWN_HOSTS, "known_hosts")
-    config = runtime_dir / SSH_CONFIG
-    config.write_text(render_ssh_config(port, user, runtime_dir))
+    config = _private_write(runtime_dir / SSH_CONFIG, render_ssh_config(port, user, runtime_dir))
     return config
