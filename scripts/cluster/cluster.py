@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 RUN = Path(os.environ.get("MEGAPOD_CLUSTER_DIR", ROOT / ".tools" / "cluster" / "run"))
 STATE = RUN / "cluster.json"
 
-# Every listening port, on 127.0.0.1 (ARGO_* inside the Argo namespace, relayed to the host).
+# Every port listening on the host's 127.0.0.1 (the argo-* ones are relays into Argo's namespace).
 PORTS = {
     "etcd": 32379,
     "etcd-peer": 32380,
@@ -57,7 +57,9 @@ PORTS = {
     "argo-server": 32746,
     "argo-controller-health": 36060,
 }
-ARGO_NETNS_PORTS = {"argo-server": 2746, "argo-controller-health": 6060}  # fixed by Argo's code
+# Inside Argo's namespace: argo-server's default port; the controller's health port is hard-coded
+# (cmd/workflow-controller/main.go).
+ARGO_NETNS_PORTS = {"argo-server": 2746, "argo-controller-health": 6060}
 SERVICE_CIDR, SERVICE_IP = "10.96.0.0/16", "10.96.0.1"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 TOKEN_DURATION = "8760h"
@@ -69,6 +71,9 @@ EXAMPLES = ROOT / "workflows" / "examples"
 CHART, ADAPTER_RULES = ROOT / "charts" / "triton-lws", "templates/adapter-rules.yaml"
 HELM = ROOT / ".tools" / "bin" / "helm"  # scripts/bootstrap.sh installs it
 READY_TIMEOUT_S = float(os.environ.get("MEGAPOD_CLUSTER_TIMEOUT_S", "120"))
+
+
+_STARTED = time.monotonic()
 
 
 class ClusterError(RuntimeError):
@@ -169,12 +174,14 @@ def wait_for(
     while time.monotonic() < deadline:
         try:
             if check():
+                print(f"[cluster] {name} ready at {time.monotonic() - _STARTED:.1f}s", file=sys.stderr)
                 return
         except (OSError, subprocess.CalledProcessError, ssl.SSLError, ValueError):
             pass
         for process in processes or (name,):
             if _pidfile(process).exists() and _recorded(process) is None:
-                raise ClusterError(f"{name} exited during startup; log: {log_path(name)}")
+                what = name if process == name else f"{name} ({process} exited)"
+                raise ClusterError(f"{what} did not come up; log: {log_path(process)}")
         time.sleep(0.5)
     raise ClusterError(f"{name} did not become ready within {timeout_s:.0f}s; log: {log_path(name)}")
 
@@ -372,7 +379,7 @@ def _lws_webhooks(c: Cluster, lws: Path) -> list[dict]:
     built = c.kubectl.kustomize(
         "lws-webhooks",
         lws / "config/webhook",
-        [f"{f}" for f in files],
+        files,
         {"namePrefix": "lws-", "patches": upstream["patches"], "configurations": upstream["configurations"]},
     )
     for config in built:
@@ -790,9 +797,12 @@ def wait_ready(c: Cluster, nodes: list[str]) -> None:
     )
 
 
-def describe(c: Cluster) -> dict:
-    """What tests and users need to reach the cluster."""
+def describe(c: Cluster, mods: dict[str, Path]) -> dict:
+    """What tests and users need to reach the cluster, and the pinned modules' folders (CRDs,
+    Argo's JSON schema at api/jsonschema/schema.json)."""
     return {
+        "modules": {name: str(path) for name, path in mods.items()},
+        "argo_jsonschema": str(mods["argo"] / "api" / "jsonschema" / "schema.json"),
         "kubeconfig": str(c.kubectl.kubeconfig),
         "server": c.server,
         "ca": str(c.pki.ca.cert),
@@ -837,7 +847,7 @@ def up() -> dict:
     nodes = fake_nodes()
     c.kubectl.apply(nodes)
     wait_ready(c, [n["metadata"]["name"] for n in nodes])
-    state = {**describe(c), "started_in_s": round(time.monotonic() - started, 1)}
+    state = {**describe(c, mods), "started_in_s": round(time.monotonic() - started, 1)}
     STATE.write_text(json.dumps(state, indent=2))
     return state
 

@@ -40,17 +40,23 @@ class Cluster:
     ca: Path
     argo_server: str
     kubectl_binary: Path
+    argo_binary: Path
+    argo_jsonschema: Path  # Argo's api/jsonschema/schema.json at the pinned version
+    modules: dict[str, Path]  # the pinned modules' folders in the module cache (CRDs, manifests)
 
     @staticmethod
     def load() -> Cluster:
         """The cluster described by the cluster folder."""
         state = json.loads((RUN / "cluster.json").read_text())
         return Cluster(
-            Path(state["kubeconfig"]),
-            state["server"],
-            Path(state["ca"]),
-            state["argo_server"],
-            Path(state["kubectl"]),
+            kubeconfig=Path(state["kubeconfig"]),
+            server=state["server"],
+            ca=Path(state["ca"]),
+            argo_server=state["argo_server"],
+            kubectl_binary=Path(state["kubectl"]),
+            argo_binary=Path(state["argo"]),
+            argo_jsonschema=Path(state["argo_jsonschema"]),
+            modules={name: Path(path) for name, path in state["modules"].items()},
         )
 
     def api(self, token: str | None = None) -> k8s.ApiClient:
