@@ -223,3 +223,59 @@ def test_a_fifo_is_refused_before_it_is_opened(tmp_path) -> None:
     proc = megapod_on_fifo("validate", fifo)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == f"error: {fifo}: not a regular file; give the spec YAML file"
+
+
+# --- issue 13.4: credentials where names are expected are refused and never echoed -----------------
+
+PASTED = {
+    "huggingface": "hf_" + "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3f",
+    "aws key id": "AKIA" + "IOSFODNN7EXAMPLE",
+    "aws session key id": "ASIA" + "IOSFODNN7EXAMPLE",
+    "github classic": "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8",
+    "github fine-grained": "github_pat_" + "11ABCDEFG0123456789abc_xyz",
+    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtZWdhcG9kIn0.c2lnbmF0dXJlLWJ5dGVz",
+}
+
+
+def assert_not_echoed(result, secret: str, field: str) -> None:
+    """Refused in one line naming the field; the value appears nowhere in the output."""
+    assert_refused(result, field)
+    assert len(error_lines(result)) == 1, result.stderr
+    assert secret not in result.output and secret not in result.stderr
+
+
+@pytest.mark.parametrize("field", ["name", "key"])
+@pytest.mark.parametrize("kind", sorted(PASTED))
+def test_a_token_pasted_as_a_secret_name_or_key_is_refused_unechoed(tmp_path, kind, field) -> None:
+    secret = PASTED[kind]
+    result = validate(variant(tmp_path, REFERENCE, _set("model", "hf_token_secret", field, secret)))
+    assert_not_echoed(result, secret, f"model.hf_token_secret.{field}: is a credential")
+
+
+@pytest.mark.parametrize(
+    "url", ["https://minio:s3cr3t-passw0rd@minio.local:9000", "https://s3cr3t-passw0rd@minio.local",
+            f"https://minio.local/?X-Amz-Credential={PASTED['aws key id']}"]
+)  # fmt: skip
+def test_credentials_in_the_s3_endpoint_url_are_refused_unechoed(tmp_path, url) -> None:
+    s3 = {"bucket": "my-models", "endpoint_url": url}
+    result = validate(variant(tmp_path, REFERENCE, _set("cluster", "s3", s3)))
+    secret = "s3cr3t-passw0rd" if "passw0rd" in url else PASTED["aws key id"]
+    assert_not_echoed(result, secret, "cluster.s3.endpoint_url: must not carry credentials")
+
+
+@pytest.mark.parametrize(
+    ("keys", "kind"),
+    [(("name",), "huggingface"), (("cluster", "namespace"), "aws key id"), (("model", "source"), "jwt"),
+     (("build", "tp"), "github classic")],
+)  # fmt: skip
+def test_no_error_line_echoes_a_secret_looking_value_whatever_the_field(tmp_path, keys, kind) -> None:
+    """`(got ...)` is masked once, in the formatter every field's error goes through."""
+    secret = PASTED[kind]
+    result = validate(variant(tmp_path, REFERENCE, _set(*keys, secret)))
+    assert_not_echoed(result, secret, ".".join(keys))
+    assert "looks like a credential" in result.stderr
+
+
+def test_secret_names_and_keys_that_merely_mention_tokens_are_accepted(tmp_path) -> None:
+    ref = {"name": "hf-token", "key": "hf_token"}
+    assert validate(variant(tmp_path, REFERENCE, _set("model", "hf_token_secret", ref))).exit_code == 0

@@ -53,11 +53,39 @@ MODEL_URI = re.compile(
 )
 
 
+# Values shaped like the credentials users paste by mistake (public formats of each issuer): Hugging
+# Face tokens, AWS access key ids (long-term AKIA, session ASIA), GitHub tokens, JWTs, and the
+# user[:password]@ part of a URL. Such a value is refused and never shown back.
+SECRET_VALUE = re.compile(
+    r"hf_[A-Za-z0-9]{30,}"
+    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
+    r"|\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_\w{22,})"
+    r"|\beyJ[\w-]{10,}\.eyJ[\w-]{10,}\.[\w-]+"
+    r"|(?<=://)[^/@\s'\"]+@"
+)
+HIDDEN = "<hidden: looks like a credential>"
+
+
+def hide_secrets(text: str) -> str:
+    """`text` with every secret-looking part replaced, for error lines."""
+    return SECRET_VALUE.sub(HIDDEN, text)
+
+
 class SecretRef(Strict):
     """A key in a Kubernetes Secret; literal credentials never appear in a spec."""
 
     name: str = Field(pattern=DNS_LABEL)
     key: str = Field(default="token", min_length=1)
+
+    @field_validator("name", "key", mode="before")
+    @classmethod
+    def _not_a_credential(cls, value: Any) -> Any:
+        if isinstance(value, str) and SECRET_VALUE.search(value):
+            raise ValueError(
+                "is a credential, not the name or key of a Kubernetes Secret; store the token in a "
+                "Secret (kubectl create secret generic NAME --from-literal=token=...) and name it here"
+            )
+        return value
 
 
 class ModelSpec(Strict):
@@ -167,6 +195,16 @@ class S3Location(Strict):
     prefix: str = "megapod"
     region: str | None = None
     endpoint_url: str | None = Field(default=None, description="for S3-compatible stores")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str | None) -> str | None:
+        if value is not None and SECRET_VALUE.search(value):
+            raise ValueError(
+                "must not carry credentials (user:password@ or a token); give them to the pods as "
+                "AWS credentials (environment or IAM role), never in the spec"
+            )
+        return value
 
 
 PROMETHEUS_LABEL = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
@@ -647,7 +685,8 @@ def _format_error(error: Any) -> str:
     got = error.get("input")
     if error["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict | list):
         message += f" (got {got!r})"
-    return f"{path}: {message}" if path else message
+    # Every field's line passes here: a pasted token is never echoed back, whatever field held it.
+    return hide_secrets(f"{path}: {message}" if path else message)
 
 
 class SpecLoader(yaml.SafeLoader):
