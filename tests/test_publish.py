@@ -446,3 +446,18 @@ def test_s3_manifest_is_uploaded_after_every_file_it_lists(moto_s3, templates, t
     root = result.repository.removeprefix(f"s3://{bucket}/")
     assert writes[-2:] == [f"{root}/{REPOSITORY_MANIFEST}", "r/current.json"]
     assert {w.removeprefix(f"{root}/") for w in writes[:-2]} == {f.path for f in result.manifest.files}
+
+
+def test_a_damaged_llmapi_repository_is_repaired_too(llmapi_templates, tiny_model, tmp_path, caplog):
+    """trtllm-pytorch's repository is one model and no ensemble (tensorrtllm_backend v0.19.0
+    all_models/llmapi): the check follows the manifest, so the same damage is found there."""
+    dest = tmp_path / "vol" / "repo"
+    first = p.publish(pytorch_spec(), tiny_model, tiny_model, str(dest), llmapi_templates)
+    assert repository_problem(dest) is None and not (dest / "ensemble").exists()
+    options = dest / "tensorrt_llm" / "1" / "model.yaml"
+    options.write_text(options.read_text().replace("pytorch", "tensorrt"))
+    assert "model.yaml" in (repository_problem(dest) or "")
+    with caplog.at_level("INFO", logger="megapod.publish"):
+        again = p.publish(pytorch_spec(), tiny_model, tiny_model, str(dest), llmapi_templates)
+    assert "is damaged" in caplog.text and "already holds" not in caplog.text
+    assert again.manifest.digest() == first.manifest.digest() and repository_problem(dest) is None
