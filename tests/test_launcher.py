@@ -601,8 +601,12 @@ RANK_ENV = {
 
 
 def test_ssh_sessions_get_only_what_the_ranks_need() -> None:
-    """An allow-list (Open MPI's PATH/LD_LIBRARY_PATH, CUDA_/NCCL_/FI_ variables), not the whole env."""
-    assert sshd.session_env({**RANK_ENV, **SECRETS}) == dict(sorted(RANK_ENV.items()))
+    """An allow-list (Open MPI's PATH/LD_LIBRARY_PATH, CUDA_/NCCL_/FI_ variables), not the whole env;
+    a local group's marker still reaches the ranks, so strays of a crashed group can be found."""
+    from steps.localgroup.group import MARKER_VAR
+
+    wanted = {**RANK_ENV, MARKER_VAR: "0123abcd"}
+    assert sshd.session_env({**wanted, **SECRETS}) == dict(sorted(wanted.items()))
 
 
 def test_worker_configs_are_private_hold_no_secret_and_go_when_it_exits(tmp_path: Path) -> None:

@@ -56,6 +56,9 @@ SESSION_ENV_PREFIXES = (
     "RDMAV_",  # rdma-core's libibverbs (RDMAV_FORK_SAFE, which the EFA setup guides set)
     "TLLM_",  # TensorRT-LLM's runtime switches (TLLM_LOG_LEVEL, ...)
     "TRTLLM_",
+    # A local run's group marker (steps.localgroup.group.MARKER_VAR): how strays of a crashed group
+    # are found, the ranks a worker's sshd started included. Not imported: that module is heavy.
+    "MEGAPOD_LOCAL_",
 )
 
 
