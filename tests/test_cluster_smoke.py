@@ -168,3 +168,36 @@ def test_control_plane_reports_the_pinned_kubernetes_version(cluster: Cluster) -
     component-base/version ldflags: helm's kubeVersion checks read it)."""
     version = json.loads(cluster.kubectl("get", "--raw", "/version"))
     assert version["gitVersion"] == _pinned("kubernetes", "k8s.io/kubernetes")
+
+
+def test_workflow_controller_creates_the_pod_of_a_workflow(cluster: Cluster) -> None:
+    """The real workflow-controller (v4.0.5, cluster-scoped, its stock RBAC) takes a submitted
+    Workflow to Running and creates its step's pod, labelled `workflows.argoproj.io/workflow`
+    (workflow/common/common.go LabelKeyWorkflow) with the template's image beside the executor's
+    `wait` container; kwok then reports the pod Running (nothing runs it: the step never ends).
+    The template names its command: without one the controller asks the image's registry for
+    its entrypoint (workflow/controller/workflowpod.go), which no registry here can answer."""
+    ns = cluster.namespace("smoke-workflow")
+    image = "registry.invalid/step:0"
+    workflow = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "hello", "namespace": ns},
+        "spec": {
+            "entrypoint": "main",
+            "templates": [{"name": "main", "container": {"image": image, "command": ["true"]}}],
+        },
+    }
+    cluster.kubectl("create", "-f", "-", stdin=json.dumps(workflow))
+    core = k8s.CoreV1Api(cluster.api())
+
+    def running_pod() -> k8s.V1Pod | None:
+        pods = core.list_namespaced_pod(ns, label_selector="workflows.argoproj.io/workflow=hello").items
+        return next((p for p in pods if p.status.phase == "Running"), None)
+
+    pod = wait_until(running_pod, 60, "the workflow's pod to be Running")
+    images = {c.name: c.image for c in pod.spec.containers}
+    assert images["main"] == image
+    assert "wait" in images
+    phase = json.loads(cluster.kubectl("get", "workflow", "hello", "-n", ns, "-o", "json"))["status"]["phase"]
+    assert phase == "Running"
