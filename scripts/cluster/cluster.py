@@ -60,7 +60,10 @@ PORTS = {
 # Inside Argo's namespace: argo-server's default port; the controller's health port is hard-coded
 # (cmd/workflow-controller/main.go).
 ARGO_NETNS_PORTS = {"argo-server": 2746, "argo-controller-health": 6060}
-SERVICE_CIDR, SERVICE_IP = "10.96.0.0/16", "10.96.0.1"
+# ClusterIPs and pod IPs are allocated but nothing routes them (no kube-proxy, CNI or DNS): they
+# come from the documentation ranges TEST-NET-2 and TEST-NET-1 (RFC 5737), never a real network.
+SERVICE_CIDR, SERVICE_IP = "198.51.100.0/24", "198.51.100.1"
+POD_CIDR = "192.0.2.0/24"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 TOKEN_DURATION = "8760h"
 ADAPTER = {"namespace": "monitoring", "name": "prometheus-adapter"}
@@ -583,6 +586,8 @@ def start_kwok(c: Cluster, kwok: Path) -> None:
             f"--manage-nodes-with-annotation-selector={key}={value}",
             # The fake kubelet's address is ours: `kubectl logs` would reach kwok, nothing else.
             "--node-ip=127.0.0.1",
+            # Not kwok's default pod range 10.0.0.0/24, which may be a real network here.
+            f"--cidr={POD_CIDR}",
             f"--node-port={PORTS['kwok']}",
             f"--server-address=127.0.0.1:{PORTS['kwok']}",
             "--node-lease-duration-seconds=40",
