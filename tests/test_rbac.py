@@ -30,6 +30,7 @@ from workflows.rbac import (
     CHART_KINDS,
     HELM_MANAGE,
     HELM_RELEASE_STORAGE,
+    UNNAMED_VERBS,
     chart_kinds,
     deployer_account,
     rbac_documents,
@@ -195,7 +196,9 @@ def test_deployer_may_helm_every_kind_the_chart_renders(name: str) -> None:
         kind = resource_of[(obj["apiVersion"], obj["kind"])]
         assert kind.resource == _plural(kind.kind)
         for verb in HELM_MANAGE:
-            call = ApiCall(verb, kind.group, kind.resource, ns, obj["metadata"]["name"])
+            # A create is a POST to the collection: RequestInfo has no name (requestinfo.go).
+            name = None if verb in UNNAMED_VERBS else obj["metadata"]["name"]
+            call = ApiCall(verb, kind.group, kind.resource, ns, name)
             assert allowed(documents, deployer, ns, call), call
             assert not allowed(documents, runner_account(spec), ns, call), call
     for verb in HELM_RELEASE_STORAGE:
@@ -224,6 +227,39 @@ def test_no_write_access_to_kinds_the_spec_does_not_render() -> None:
     assert not allowed(
         rbac_documents(hpa), deployer_account(hpa), ns, ApiCall("watch", "keda.sh", "scaledobjects", ns)
     )
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_helm_writes_are_limited_to_this_releases_objects(name: str) -> None:
+    """get/patch/delete of the chart's objects carry resourceNames (the names `helm template`
+    renders), so the deployer cannot patch or delete another release's LeaderWorkerSet, Service,
+    HPA, ...; the rules of `create`/`list`/`watch` carry none, because those requests have no
+    name and a named rule never matches them (kubernetes plugin/pkg/auth/authorizer/rbac/rbac.go
+    and apiserver pkg/endpoints/request/requestinfo.go at v1.31.0, KUBERNETES_VERSION)."""
+    spec = SPECS[name]
+    ns, deployer, documents = spec.cluster.namespace, deployer_account(spec), rbac_documents(spec)
+    other = "other"
+    rendered_other = [d for d in yaml.safe_load_all(render_text(chart_values(spec), other, ns)) if d]
+    assert rendered_other
+    for obj in rendered_other:
+        kind = next(k for k in CHART_KINDS if (k.api_version, k.kind) == (obj["apiVersion"], obj["kind"]))
+        # Secrets: helm's release records keep delete on every Secret (below); patch is still named.
+        for verb in ("patch",) if kind.resource == "secrets" else ("patch", "delete"):
+            call = ApiCall(verb, kind.group, kind.resource, ns, obj["metadata"]["name"])
+            assert not allowed(documents, deployer, ns, call), call
+    role = next(d for d in documents if d["kind"] == "Role" and d["metadata"]["name"].endswith(spec.name))
+    for rule in role["rules"]:
+        if "resourceNames" in rule:
+            assert not set(UNNAMED_VERBS) & set(rule["verbs"]), rule
+    # The only write the deployer keeps on every object of a kind is on Secrets: helm's release
+    # records are sh.helm.release.v1.<release>.v<revision>, an unbounded revision, no prefixes in RBAC.
+    unnamed_writes = {
+        resource
+        for rule in role["rules"]
+        if "resourceNames" not in rule and {"update", "patch", "delete"} & set(rule["verbs"])
+        for resource in rule["resources"]
+    }
+    assert unnamed_writes <= {"secrets", "workflowtaskresults"}, unnamed_writes
 
 
 # --- the rendered workflows run as these identities ----------------------------------------------

@@ -17,6 +17,16 @@ Two identities, split by need (DESIGN.md: nothing that needs cluster-admin or `p
 The chart's kinds come from one table (CHART_KINDS) keyed on the chart values the spec produces;
 tests/test_rbac.py compares it with `helm template` for every example, so a kind added to the
 chart fails the tests until its RBAC is added here.
+
+resourceNames: the chart names every object after the release (`triton-lws.fullname` plus a fixed
+suffix), so helm's get/patch/delete of them are granted on those names only. Two kinds of request
+cannot be limited by name, because kube-apiserver's RBAC authorizer matches resourceNames against
+the request's name and these requests carry none: `create` (the name is in the body, not the URL)
+and `list`/`watch` without a metadata.name field selector. Helm's release records are Secrets named
+`sh.helm.release.v1.<release>.v<revision>`; the revision grows with every upgrade (history
+pruning deletes old ones, it never reuses numbers) and resourceNames are exact names, no prefixes
+or wildcards, so no finite list covers them: Secrets keep get/list/create/update/delete in the
+namespace. To keep the deployer from reading other Secrets, give it a namespace of its own.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from typing import Any
 
 from workflows.argo.common import labels
 from workflows.argo.pod import memo_config_map
-from workflows.chart_values import chart_values
+from workflows.chart_values import chart_values, release_fullname
 from workflows.spec import Spec
 
 RBAC_API_VERSION = "rbac.authorization.k8s.io/v1"
@@ -40,6 +50,8 @@ READ = ("get", "list", "watch")
 # Helm 3 without --force: GET (conflict check, 3-way merge), CREATE or PATCH, DELETE on uninstall
 # and for objects a new chart version dropped. No `update` (that is --force's PUT).
 HELM_MANAGE = ("get", "create", "patch", "delete")
+# The requests that carry no object name, so resourceNames cannot restrict them (see above).
+UNNAMED_VERBS = ("create", "list", "watch")
 # Helm's default storage driver keeps one Secret per release revision: list them, read one,
 # write the new one, mark the old one superseded (PUT), prune history and delete on uninstall.
 HELM_RELEASE_STORAGE = ("get", "list", "create", "update", "delete")
@@ -61,10 +73,16 @@ class ChartKind:
     api_version: str
     resource: str
     rendered: Callable[[Values], bool] = _always
+    # What the chart's templates append to `triton-lws.fullname` for the objects of this kind.
+    suffixes: tuple[str, ...] = ("",)
 
     @property
     def group(self) -> str:
         return self.api_version.rpartition("/")[0]
+
+    def names(self, release: str) -> tuple[str, ...]:
+        """The names of this kind's objects in `release` (the chart derives all from the release)."""
+        return tuple(release_fullname(release) + suffix for suffix in self.suffixes)
 
 
 def _engine(name: str) -> Callable[[Values], bool]:
@@ -77,15 +95,21 @@ def _enabled(feature: str) -> Callable[[Values], bool]:
 
 CHART_KINDS = (
     ChartKind("ServiceAccount", "v1", "serviceaccounts"),
-    ChartKind("Secret", "v1", "secrets"),  # the per-release ssh keys (looked up on upgrade)
+    ChartKind("Secret", "v1", "secrets", suffixes=("-ssh",)),  # the ssh keys (looked up on upgrade)
     ChartKind("Service", "v1", "services"),
     ChartKind("LeaderWorkerSet", "leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
     ChartKind("HorizontalPodAutoscaler", "autoscaling/v2", "horizontalpodautoscalers", _engine("hpa")),
     ChartKind("ScaledObject", "keda.sh/v1alpha1", "scaledobjects", _engine("keda")),
-    ChartKind("Ingress", "networking.k8s.io/v1", "ingresses", lambda v: v["service"]["type"] == "ALB"),
+    ChartKind(
+        "Ingress",
+        "networking.k8s.io/v1",
+        "ingresses",
+        lambda v: v["service"]["type"] == "ALB",
+        ("-http", "-grpc"),
+    ),
     ChartKind("PodMonitor", "monitoring.coreos.com/v1", "podmonitors", _enabled("podMonitor")),
     ChartKind("PrometheusRule", "monitoring.coreos.com/v1", "prometheusrules", _enabled("prometheusRule")),
-    ChartKind("ConfigMap", "v1", "configmaps", _enabled("adapterRules")),
+    ChartKind("ConfigMap", "v1", "configmaps", _enabled("adapterRules"), ("-adapter-rules",)),
 )
 
 
@@ -117,12 +141,14 @@ def nodes_role_name(spec: Spec) -> str:
     return f"megapod:{spec.cluster.namespace}:{deployer_account(spec)}:read-nodes"
 
 
-# (group, resource) -> verbs
-Grants = dict[tuple[str, str], set[str]]
+# (group, resource, resourceNames) -> verbs; no names: any object of the resource
+Grants = dict[tuple[str, str, tuple[str, ...]], set[str]]
 
 
-def _grant(grants: Grants, group: str, resource: str, verbs: tuple[str, ...]) -> None:
-    grants.setdefault((group, resource), set()).update(verbs)
+def _grant(
+    grants: Grants, group: str, resource: str, verbs: tuple[str, ...], names: tuple[str, ...] = ()
+) -> None:
+    grants.setdefault((group, resource, names), set()).update(verbs)
 
 
 def runner_grants(spec: Spec) -> Grants:
@@ -136,7 +162,9 @@ def deployer_grants(spec: Spec) -> Grants:
     """What the deployer may do in the namespace: helm for the chart's kinds, and the watches."""
     grants = runner_grants(spec)
     for kind in chart_kinds(spec):
-        _grant(grants, kind.group, kind.resource, HELM_MANAGE)
+        by_name = tuple(verb for verb in HELM_MANAGE if verb not in UNNAMED_VERBS)
+        _grant(grants, kind.group, kind.resource, by_name, kind.names(spec.name))
+        _grant(grants, kind.group, kind.resource, tuple(v for v in HELM_MANAGE if v in UNNAMED_VERBS))
     _grant(grants, "", "secrets", HELM_RELEASE_STORAGE)
     # steps.deploy waits on the LWS and its pods, explains a timeout with events, finds the
     # leader Service; steps.autoscale samples LWS, pods and the HPA (KEDA's HPA too).
@@ -155,18 +183,26 @@ def deployer_grants(spec: Spec) -> Grants:
 
 def nodes_grants() -> Grants:
     """Read-only nodes (cluster-scoped): new nodes' creation and readiness for the milestones."""
-    return {("", "nodes"): set(READ)}
+    return {("", "nodes", ()): set(READ)}
 
 
 def rules(grants: Grants) -> list[dict[str, Any]]:
-    """PolicyRules: one per API group and verb set, resources and verbs in a stable order."""
-    merged: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-    for (group, resource), verbs in sorted(grants.items()):
-        ordered = tuple(v for v in VERB_ORDER if v in verbs)
-        merged.setdefault((group, ordered), []).append(resource)
+    """PolicyRules: one per API group, verb set and resourceNames, in a stable order. A verb a rule
+    without names already grants on a resource is left out of that resource's named rules."""
+    merged: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
+    for (group, resource, names), verbs in sorted(grants.items()):
+        unnamed = grants.get((group, resource, ()), set()) if names else set()
+        ordered = tuple(v for v in VERB_ORDER if v in verbs - unnamed)
+        if ordered:
+            merged.setdefault((group, ordered, names), []).append(resource)
     return [
-        {"apiGroups": [group], "resources": resources, "verbs": list(verbs)}
-        for (group, verbs), resources in merged.items()
+        {
+            "apiGroups": [group],
+            "resources": resources,
+            **({"resourceNames": list(names)} if names else {}),
+            "verbs": list(verbs),
+        }
+        for (group, verbs, names), resources in merged.items()
     ]
 
 
