@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV  := .venv
 BIN   := $(VENV)/bin
-export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(BIN):$(PATH)
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.tools/go/bin:$(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: demo test bootstrap-demo bootstrap-test lint render golden clean cluster cluster-down
 

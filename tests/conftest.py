@@ -9,10 +9,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS_BIN = ROOT / ".tools" / "bin"
-os.environ["PATH"] = f"{TOOLS_BIN}{os.pathsep}{os.environ['PATH']}"
+GO_BIN = ROOT / ".tools" / "go" / "bin"  # the Go toolchain bootstrap fetches when the machine has none
+os.environ["PATH"] = os.pathsep.join([str(TOOLS_BIN), str(GO_BIN), os.environ["PATH"]])
 
 # Real-server fixtures shared by every part's tests: tritonserver + tiny model, moto S3.
-pytest_plugins = ["tests.support.fixtures", "tests.support.moto"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.moto", "tests.support.cluster"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,9 @@
 """charts/triton-lws rendered by the real helm, every object validated against real schemas.
 
 Core kinds go through kubernetes-validate; LeaderWorkerSet, PodMonitor and PrometheusRule
-through their CRDs in ../shared/schemas when present (CI has them; a user's clone does not, so
-the LWS fields the chart writes are also checked by hand here). Golden renders live in
-tests/golden/chart/ and are rewritten with MEGAPOD_REGENERATE_GOLDEN=1.
+through their CRDs from the pinned Go modules (tests/support/upstream.py: lws v0.8.0,
+prometheus-operator v0.85.0), plus megapod's own invariants of the LWS fields. Golden renders
+live in tests/golden/chart/ and are rewritten with MEGAPOD_REGENERATE_GOLDEN=1.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from steps.contract import contract_for
+from tests.support.upstream import CRDS, crd_file
 from workflows.backend_metrics import produced_signals
 from workflows.chart_values import (
     CHART_DIR,
@@ -44,14 +45,6 @@ HELM = ROOT / ".tools" / "bin" / "helm"
 EXAMPLES = sorted((ROOT / "workflows" / "examples").glob("*.yaml"))
 REFERENCE_SPEC = ROOT / "workflows" / "examples" / "llama-3.1-405b-p5.yaml"
 GOLDEN_DIR = Path(__file__).parent / "golden" / "chart"
-SHARED_SCHEMAS = ROOT.parent.parent / "shared" / "schemas"
-if not SHARED_SCHEMAS.is_dir():
-    SHARED_SCHEMAS = Path("/work/shared/schemas")
-CRD_FILES = {
-    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkerset.x-k8s.io_leaderworkersets.yaml",
-    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
-    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
-}
 KUBERNETES_VERSION = "1.31.0"
 # Maps whose keys are the user's, not the chart's (excluded from the key-tree comparison).
 FREE_FORM = {"nodeSelector", "annotations", "labels"}
@@ -134,11 +127,9 @@ def _strip_x_kubernetes(schema: Any) -> Any:
 
 
 @cache
-def crd_schema(api_version: str, kind: str) -> dict[str, Any] | None:
-    """openAPIV3Schema of a CRD from ../shared/schemas, or None when that directory is absent."""
-    path = SHARED_SCHEMAS / CRD_FILES[(api_version, kind)]
-    if not path.exists():
-        return None
+def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
+    """openAPIV3Schema of a CRD at the pinned version (tests/support/upstream.py)."""
+    path = crd_file(api_version, kind)
     crd = yaml.safe_load(path.read_text())
     version = api_version.split("/")[1]
     for entry in crd["spec"]["versions"]:
@@ -148,7 +139,7 @@ def crd_schema(api_version: str, kind: str) -> dict[str, Any] | None:
 
 
 def check_lws_fields(lws: dict[str, Any]) -> None:
-    """The LWS fields the chart writes, checked without the CRD (a clone has no ../shared)."""
+    """megapod's invariants of the LWS fields the chart writes (beyond what the CRD allows)."""
     spec = lws["spec"]
     assert set(spec) <= {"replicas", "startupPolicy", "rolloutStrategy", "leaderWorkerTemplate"}
     assert spec["startupPolicy"] in ("LeaderCreated", "LeaderReady")
@@ -179,12 +170,10 @@ def check_scaled_object(obj: dict[str, Any]) -> None:
 def validate_object(obj: dict[str, Any]) -> None:
     """Validate one rendered object against the best schema available."""
     key = (obj["apiVersion"], obj["kind"])
-    if key in CRD_FILES:
-        schema = crd_schema(*key)
-        if schema is not None:
-            # Draft 4 is what openAPIV3Schema follows; the schema itself is not meta-checked
-            # because the operator's Go-style regexes (e.g. "^(?i)...") are not Python regexes.
-            jsonschema.Draft4Validator(schema).validate(obj)
+    if key in CRDS:
+        # Draft 4 is what openAPIV3Schema follows; the schema itself is not meta-checked
+        # because the operator's Go-style regexes (e.g. "^(?i)...") are not Python regexes.
+        jsonschema.Draft4Validator(crd_schema(*key)).validate(obj)
         if obj["kind"] == "LeaderWorkerSet":
             check_lws_fields(obj)
     elif obj["kind"] == "ScaledObject":
@@ -225,10 +214,8 @@ def test_example_specs_lint_and_render_valid(spec_path: Path, tmp_path: Path) ->
         validate_object(obj)
 
 
-def test_crds_are_used_when_present() -> None:
-    """CI has ../shared/schemas: the CRD validation above is then real, not skipped silently."""
-    if not SHARED_SCHEMAS.is_dir():
-        pytest.fail(f"{SHARED_SCHEMAS} missing: CRD validation would fall back to field checks only")
+def test_the_pinned_crds_refuse_what_they_do_not_allow() -> None:
+    """The CRD validation above is real: the pinned LWS CRD (lws v0.8.0) refuses a bad enum."""
     lws = one(render(reference_values()), "LeaderWorkerSet")
     broken = copy.deepcopy(lws)
     broken["spec"]["leaderWorkerTemplate"]["restartPolicy"] = "Sometimes"

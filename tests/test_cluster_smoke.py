@@ -2,7 +2,7 @@
 
 Real: kube-apiserver v1.34 (RBAC authorizer), the LWS controller and its webhooks, kube-scheduler,
 the aggregation layer with prometheus-adapter, argo-server. Faked by kwok: the nodes, and pods
-becoming Running/Ready (no container runs). Skipped unless a cluster runs (or MEGAPOD_CLUSTER=start).
+becoming Running/Ready (no container runs). The fixture starts the cluster unless one runs.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import urllib.request
 import pytest
 from kubernetes import client as k8s
 
-from tests.support.cluster import ROOT, Cluster, cluster_fixture, wait_until
-
-__all__ = ["cluster_fixture"]  # the `cluster` fixture, used by the tests below
+from tests.support.cluster import ROOT, Cluster, wait_until
 
 LWS_PREFIX = "leaderworkerset.sigs.k8s.io/"
 

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from tests.support.upstream import argo_schema
 from workflows import lint
 from workflows.lint import lint_paths
 from workflows.render import render_to_dir
@@ -55,14 +56,11 @@ def test_render_then_lint_is_clean(rendered, example) -> None:
     assert lint_paths([out / "workflows"]) == []
 
 
-@pytest.mark.parametrize("source", ["shared", "hera"])
+@pytest.mark.parametrize("source", ["upstream", "hera"])
 def test_lint_catches_misspelt_key_and_wrong_type(rendered, tmp_path, monkeypatch, source) -> None:
-    """Both schema sources (CI's shared file, Hera's models for a user's clone) are strict."""
-    if source == "hera":
-        monkeypatch.setenv(lint.SCHEMA_ENV, "hera")
-    else:
-        assert lint.SHARED_SCHEMA.is_file(), "CI provides ../shared/schemas/argo-workflows-schema.json"
-        monkeypatch.setenv(lint.SCHEMA_ENV, str(lint.SHARED_SCHEMA))
+    """Both schema sources are strict: Argo's own api/jsonschema/schema.json of the pinned release
+    (argo-workflows v4.0.5, tests/support/upstream.py) and Hera's models (the default)."""
+    monkeypatch.setenv(lint.SCHEMA_ENV, str(argo_schema()) if source == "upstream" else "hera")
     path = tmp_path / "build.yaml"
     text = (
         rendered["llama-3.1-405b-p5"] / "workflows" / "workflowtemplate-llama-405b-build.yaml"

@@ -2,9 +2,8 @@
 
 1. Schema: each document against the Argo Workflows v4 JSON schema of its kind, strictly (an
    unknown key is an error, as `kubectl apply --validate=strict` would say). The schema comes
-   from MEGAPOD_ARGO_SCHEMA (a file, or `hera`), else ../shared/schemas/argo-workflows-schema.json
-   beside the repository (CI), else the JSON schema of Hera's generated Argo models, which
-   every install has.
+   from MEGAPOD_ARGO_SCHEMA (a file such as Argo's api/jsonschema/schema.json of your release,
+   or `hera`), else the JSON schema of Hera's generated Argo models, which every install has.
 2. References the schema cannot see: entrypoint/onExit, duplicate template and task names,
    DAG dependencies, templateRefs (to documents linted together), arguments against the called
    template's inputs, and every `{{inputs.parameters.X}}`, `{{tasks.T.outputs.parameters.Y}}`
@@ -27,7 +26,6 @@ import yaml
 
 KINDS = ("Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate", "CronWorkflow")
 SCHEMA_ENV = "MEGAPOD_ARGO_SCHEMA"
-SHARED_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "argo-workflows-schema.json"
 DEFINITION_PREFIX = "io.argoproj.workflow.v1alpha1."
 
 TAG = re.compile(r"\{\{\s*(.*?)\s*\}\}")
@@ -120,10 +118,7 @@ def _strict(schema: Any) -> Any:
 
 def schema_source() -> str:
     """Which schema lint uses: a file path, or `hera`."""
-    chosen = os.environ.get(SCHEMA_ENV)
-    if chosen:
-        return chosen
-    return str(SHARED_SCHEMA) if SHARED_SCHEMA.is_file() else "hera"
+    return os.environ.get(SCHEMA_ENV) or "hera"
 
 
 @functools.cache
