@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import posixpath
 import re
 import stat
 from collections.abc import Callable
@@ -18,16 +19,30 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from kubernetes.utils import parse_quantity
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from workflows.backend_metrics import SIGNALS_BY_NAME, default_signal, produced_signals
 from workflows.releases import DEFAULT_TRTLLM, check_release
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 GIB = 1024**3
+# Kubernetes counts (replicas, sizes, ports, seconds) are int32 in the API objects they end up in.
+INT32_MAX = 2**31 - 1
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Seconds = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Replicas = Annotated[int, Field(ge=1, le=INT32_MAX)]
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class SpecError(ValueError):
@@ -39,9 +54,152 @@ class SpecError(ValueError):
 
 
 class Strict(BaseModel):
-    """Base for every spec section: unknown keys are errors, values are not coerced silently."""
+    """Base for every spec section: unknown keys are errors, values are not coerced silently
+    (pydantic strict mode: `tp: "8"` or `streaming: "yes"` is refused, an int is still a float)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True, strict=True)
+
+
+# Enum fields take their values as YAML strings (strict mode alone would want enum members).
+def _enum_field(default: Any, **kwargs: Any) -> Any:
+    return Field(default=default, strict=False, **kwargs)
+
+
+# --- Kubernetes value grammars (what the API server or the chart's values.schema.json refuses) ----
+
+# A label key (IsQualifiedName, k8s.io/apimachinery pkg/util/validation/validation.go): an optional
+# DNS-1123 subdomain prefix of <= 253 characters, "/", a name of <= 63 characters.
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+def check_label_key(key: str) -> str:
+    """`key` if Kubernetes takes it as a label key (prefix/name), else ValueError saying why."""
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and not (len(prefix) <= 253 and DNS_SUBDOMAIN.fullmatch(prefix)):
+        raise ValueError("the prefix before '/' must be a DNS subdomain of <= 253 characters")
+    if not (len(name) <= 63 and QUALIFIED_NAME.fullmatch(name)):
+        raise ValueError(
+            "is not a label key (pattern [prefix/]name, the name <= 63 letters, digits, '-', '_', '.', "
+            "starting and ending with a letter or digit)"
+        )
+    return key
+
+
+def check_label_value(value: str) -> str:
+    """`value` if Kubernetes takes it as a label value (<= 63 characters, possibly empty)."""
+    if not (len(value) <= 63 and LABEL_VALUE.fullmatch(value)):
+        raise ValueError(
+            f"label value {value!r} is not <= 63 letters, digits, '-', '_', '.', starting and ending "
+            "with a letter or digit"
+        )
+    return value
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        check_label_key(key)
+        check_label_value(value)
+    return labels
+
+
+Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+LabelKey = Annotated[str, AfterValidator(check_label_key)]
+
+# charts/triton-lws/values.schema.json's quantity pattern (resources.cpu/memory/shmSize).
+CHART_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P)?")
+
+
+def check_quantity(value: str) -> str:
+    """A positive Kubernetes quantity (kubernetes.utils.parse_quantity) in the chart's notation."""
+    try:
+        amount = parse_quantity(value)
+    except ValueError:
+        amount = None
+    if amount is None or amount <= 0 or not CHART_QUANTITY.fullmatch(value):
+        raise ValueError("is not a positive Kubernetes quantity such as 96, 500m, 1024Gi or 1.5Ti")
+    return value
+
+
+Quantity = Annotated[str, AfterValidator(check_quantity)]
+
+
+def check_absolute_path(value: str) -> str:
+    """An absolute, normalized POSIX path (no '..', '.', '//' or trailing '/'): a container mountPath."""
+    if not (value.startswith("/") and posixpath.normpath(value) == value and "//" not in value) or (
+        re.search(r"\s", value)
+    ):
+        raise ValueError(
+            "is not an absolute clean path (no '..', '.', '//', spaces, trailing '/'), e.g. /models"
+        )
+    return value
+
+
+AbsolutePath = Annotated[str, AfterValidator(check_absolute_path)]
+
+# An image reference (github.com/distribution/reference regexp.go, v0.6.0): [domain[:port]/]path
+# [:tag][@digest]; the digest as the chart's values.schema.json takes it (sha256 only).
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+)
+IMAGE_REFERENCE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?"
+)
+
+
+def check_image(value: str) -> str:
+    """`value` if it is an image reference (registry/path:tag[@sha256:digest]) of <= 255 characters."""
+    if len(value) > 255 or not IMAGE_REFERENCE.fullmatch(value):
+        raise ValueError("is not an image reference such as ghcr.io/org/name:tag or name@sha256:<64 hex>")
+    return value
+
+
+ImageRef = Annotated[str, AfterValidator(check_image)]
+
+# Cron fields as Argo's CronWorkflow parser (github.com/robfig/cron/v3 parser.go) bounds them.
+CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+WEEKDAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+CRON_NAMES = {
+    "month": {name: number for number, name in enumerate(MONTHS, start=1)},
+    "day of week": {name: number for number, name in enumerate(WEEKDAYS)},
+}
+
+
+def _cron_value(text: str, field: str, low: int, high: int) -> int:
+    value = CRON_NAMES.get(field, {}).get(text.lower())
+    if value is None and text.isdigit():
+        value = int(text)
+    if value is None or not low <= value <= high:
+        raise ValueError(f"{field} {text!r} is out of range {low}-{high}")
+    return value
+
+
+def check_cron(schedule: str) -> str:
+    """A 5-field cron expression whose every field is in range (lists, ranges, steps, names, * and ?)."""
+    parts = schedule.split()
+    if len(parts) != len(CRON_FIELDS):
+        raise ValueError(f"{schedule!r} is not a 5-field cron expression such as '0 3 * * *'")
+    for part, (field, low, high) in zip(parts, CRON_FIELDS, strict=True):
+        for item in part.split(","):
+            span, _, step = item.partition("/")
+            if step and not (step.isdigit() and int(step) >= 1):
+                raise ValueError(f"{schedule!r}: {field} step {step!r} must be a positive integer")
+            if span in ("*", "?"):
+                continue
+            start, _, end = span.partition("-")
+            first = _cron_value(start, field, low, high)
+            if end and _cron_value(end, field, low, high) < first:
+                raise ValueError(f"{schedule!r}: {field} range {span!r} ends before it starts")
+    return schedule
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -149,8 +307,8 @@ QUANTIZED_BYTES_PER_WEIGHT = {"fp8": 1.0, "int8_wo": 1.0, "int4_awq": 0.5}
 
 
 class BuildSpec(Strict):
-    dtype: Dtype = Dtype.BFLOAT16
-    quantization: Quantization = Quantization.NONE
+    dtype: Dtype = _enum_field(Dtype.BFLOAT16)
+    quantization: Quantization = _enum_field(Quantization.NONE)
     tp: PositiveInt = 1
     pp: PositiveInt = 1
     max_batch_size: PositiveInt = 8
@@ -184,10 +342,15 @@ class BuildSpec(Strict):
 
 
 class Toleration(Strict):
-    key: str
+    key: LabelKey
     operator: Literal["Exists", "Equal"] = "Exists"
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _label_value(cls, value: str | None) -> str | None:
+        return value if value is None else check_label_value(value)
 
 
 class S3Location(Strict):
@@ -229,19 +392,19 @@ class ClusterSpec(Strict):
     gpu_product: str | None = Field(default=None, description="nvidia.com/gpu.product label value")
     gpus_per_node: PositiveInt = 8
     gpu_memory_gib: float = Field(default=80, gt=0)
-    efa_per_node: int = Field(default=0, ge=0)
-    cpu: str = "96"
-    memory: str = "1024Gi"
+    efa_per_node: NonNegativeInt = 0
+    cpu: Quantity = "96"
+    memory: Quantity = "1024Gi"
     hugepages_2mi: str | None = Field(default=None, description="hugepages-2Mi per pod, e.g. 5120Mi (EFA)")
-    shm_size: str = "256Gi"
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    shm_size: Quantity = "256Gi"
+    node_selector: Labels = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     volume_claim: str = Field(default="megapod-models", pattern=DNS_LABEL)
-    volume_mount: str = "/var/run/models"
+    volume_mount: AbsolutePath = "/var/run/models"
     s3: S3Location | None = None
     service_account: str = Field(default="megapod-pipeline", pattern=DNS_LABEL)
     gpu_pool: str = Field(default="gpu", pattern=DNS_LABEL, description="mutex name for the GPU pool")
-    monitoring_labels: dict[str, str] = Field(
+    monitoring_labels: Labels = Field(
         default_factory=dict,
         description="labels your Prometheus selects monitors and rules by, e.g. {release: prometheus}",
     )
@@ -251,6 +414,11 @@ class ClusterSpec(Strict):
         description="in-cluster Prometheus for server metrics, e.g. http://prometheus-operated.monitoring:9090",
     )
     dcgm_labels: DcgmLabels = Field(default_factory=DcgmLabels)
+
+    @field_validator("hugepages_2mi")
+    @classmethod
+    def _optional_quantity(cls, value: str | None) -> str | None:
+        return value if value is None else check_quantity(value)
 
 
 # --- serving -------------------------------------------------------------------------------------
@@ -291,15 +459,15 @@ def _default_scale_down() -> ScalingRules:
 class Provisioning(Strict):
     """How long a new group takes to serve; the HPA simulator uses these (defaults: measured on p5)."""
 
-    node_boot_s: Annotated[int, Field(ge=0)] = 420
-    image_pull_s: Annotated[int, Field(ge=0)] = 600
-    model_load_s: Annotated[int, Field(ge=0)] = 1200
+    node_boot_s: NonNegativeInt = 420
+    image_pull_s: NonNegativeInt = 600
+    model_load_s: NonNegativeInt = 1200
 
 
 class AutoscalingSpec(Strict):
     engine: Literal["hpa", "keda", "none"] = "hpa"
-    metric: ScalingMetric | None = Field(
-        default=None,
+    metric: ScalingMetric | None = _enum_field(
+        None,
         description="default: the backend's (batch_slot_occupancy; request_rate for trtllm-pytorch)",
     )
     target: float | None = Field(
@@ -313,8 +481,8 @@ class AutoscalingSpec(Strict):
 
 
 class ReplicaBounds(Strict):
-    min: PositiveInt = 1
-    max: PositiveInt = 1
+    min: Replicas = 1
+    max: Replicas = 1
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplicaBounds:
@@ -327,13 +495,9 @@ class ServiceSpec(Strict):
     type: Literal["ClusterIP", "NLB", "ALB"] = "ClusterIP"
     scheme: Literal["internal", "internet-facing"] = Field(default="internal", description="NLB/ALB scheme")
     certificate_arn: str | None = Field(default=None, description="ACM certificate for the ALB (HTTPS)")
-    http_port: PositiveInt = 8000
-    grpc_port: PositiveInt = 8001
-    metrics_port: PositiveInt = 8002
-
-
-# A label key as Kubernetes takes it: optional DNS-subdomain prefix, then a name of <= 63 characters.
-LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+    http_port: Port = 8000
+    grpc_port: Port = 8001
+    metrics_port: Port = 8002
 
 
 class TopologySpec(Strict):
@@ -346,11 +510,7 @@ class TopologySpec(Strict):
     scaled from zero has no such label yet. Use it only with pre-provisioned capacity.
     """
 
-    key: str = Field(
-        pattern=LABEL_KEY,
-        max_length=317,
-        description="a node label such as topology.k8s.aws/network-node-layer-3",
-    )
+    key: LabelKey = Field(description="a node label such as topology.k8s.aws/network-node-layer-3")
     mode: Literal["preferred", "exclusive"] = "preferred"
 
 
@@ -361,8 +521,8 @@ class RolloutSpec(Strict):
     megapod surges one group instead (it needs one group's worth of spare nodes while it starts).
     """
 
-    max_surge: Annotated[int, Field(ge=0)] = 1
-    max_unavailable: Annotated[int, Field(ge=0)] = 0
+    max_surge: NonNegativeInt = 1
+    max_unavailable: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _not_both_zero(self) -> RolloutSpec:
@@ -373,7 +533,7 @@ class RolloutSpec(Strict):
 
 
 class ServingSpec(Strict):
-    image: str = Field(
+    image: ImageRef = Field(
         default="ghcr.io/megapod/triton-trtllm:0.1.0",
         description="the serving image built from images/triton-trtllm (Triton + TRT-LLM + sshd + launcher)",
     )
@@ -394,13 +554,32 @@ class ServingSpec(Strict):
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
 
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> ServingSpec:
+        # One pod serves all four: a port used twice cannot be bound (and the chart's Service
+        # would carry two ports with one number, which Kubernetes refuses).
+        ports = {
+            "service.http_port": self.service.http_port,
+            "service.grpc_port": self.service.grpc_port,
+            "service.metrics_port": self.service.metrics_port,
+            "ssh_port": self.ssh_port,
+        }
+        seen: dict[int, str] = {}
+        for field, port in ports.items():
+            if port in seen:
+                raise ValueError(
+                    f"{field} ({port}) is the same port as {seen[port]}; give each a port of its own"
+                )
+            seen[port] = field
+        return self
+
 
 # --- load test, benchmark, reports ---------------------------------------------------------------
 
 
 class LoadStage(Strict):
     name: str = Field(pattern=DNS_LABEL)
-    concurrency: Annotated[int, Field(ge=0)]
+    concurrency: NonNegativeInt
     duration_s: Seconds
 
 
@@ -443,7 +622,7 @@ class BenchmarkSpec(Strict):
         default_factory=lambda: [Sequence(isl=128, osl=128), Sequence(isl=2048, osl=128)], min_length=1
     )
     request_count: PositiveInt = 100
-    warmup_requests: Annotated[int, Field(ge=0)] = 4
+    warmup_requests: NonNegativeInt = 4
     streaming: bool = True
     point_timeout_s: Seconds = 1800
     random_seed: int = 123
@@ -456,10 +635,7 @@ class BenchmarkSpec(Strict):
     @field_validator("schedules")
     @classmethod
     def _cron_expressions(cls, schedules: list[str]) -> list[str]:
-        for schedule in schedules:
-            if len(schedule.split()) != 5:
-                raise ValueError(f"{schedule!r} is not a 5-field cron expression such as '0 3 * * *'")
-        return schedules
+        return [check_cron(schedule) for schedule in schedules]
 
 
 class RegressionThresholds(Strict):
@@ -479,7 +655,7 @@ class ReportsSpec(Strict):
 
 
 class Images(Strict):
-    pipeline: str = "ghcr.io/megapod/pipeline:0.1.0"
+    pipeline: ImageRef = "ghcr.io/megapod/pipeline:0.1.0"
 
 
 class ArgoSpec(Strict):
@@ -500,13 +676,25 @@ class ArgoSpec(Strict):
 
 # --- the spec ------------------------------------------------------------------------------------
 
+# The chart names every object `<release>-triton-lws`, truncated to 40 characters, or just the
+# release when it already contains "triton-lws" (`triton-lws.fullname`, charts/triton-lws/
+# templates/_helpers.tpl; workflows.chart_values.release_fullname). That is one-to-one only for
+# names of <= 40 - len("-triton-lws") characters without "triton-lws" (else `a` and `a-triton-lws`,
+# or two names equal in their first 29 characters plus a "-triton-lw" tail, share every object);
+# the leader Service's name is a DNS-1035 label, so the name starts with a letter.
+RELEASE_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
 
 class Spec(Strict):
     """One deployment: what model, built how, served where, tested and reported how."""
 
-    name: str = Field(pattern=DNS_LABEL, max_length=40, description="deployment / release name")
+    name: str = Field(
+        pattern=RELEASE_NAME,
+        description="deployment / release name; short enough that the chart's object names "
+        "(<name>-triton-lws, cut at the chart's limit) stay its own",
+    )
     model: ModelSpec
-    backend: Backend = Backend.TRTLLM_ENGINE
+    backend: Backend = _enum_field(Backend.TRTLLM_ENGINE)
     build: BuildSpec = Field(default_factory=BuildSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
@@ -535,6 +723,54 @@ class Spec(Strict):
         target = autoscaling.get("target", SIGNALS_BY_NAME[metric].default_target)
         autoscaling = {**autoscaling, "metric": metric, "target": target}
         return {**data, "serving": {**serving, "autoscaling": autoscaling}}
+
+    @field_validator("name")
+    @classmethod
+    def _objects_are_our_own(cls, name: str) -> str:
+        # Imported here: workflows.chart_values derives the chart's values from this module.
+        from workflows.chart_values import CHART_NAME, MAX_FULLNAME
+
+        longest = MAX_FULLNAME - len(f"-{CHART_NAME}")
+        if len(name) > longest:
+            raise ValueError(
+                f"must be at most {longest} characters: the chart names its objects <name>-{CHART_NAME} and "
+                f"cuts them at {MAX_FULLNAME}, so longer names can share another release's objects"
+            )
+        if CHART_NAME in name:
+            raise ValueError(
+                f"must not contain {CHART_NAME!r}: the chart would name its objects {name!r}, like those of "
+                f"release {name.replace(CHART_NAME, '').strip('-') or 'x'!r}; drop it from the name"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _lengths_fit_the_build(self) -> Spec:
+        # trtllm-build's engine refuses a request longer than max_input_len (input) or max_seq_len
+        # (input + output): every benchmark point and the load test would fail after the build.
+        sequences = [
+            (f"benchmark.sequences.{i}", seq.isl, seq.osl) for i, seq in enumerate(self.benchmark.sequences)
+        ]
+        sequences.append(("loadtest", self.loadtest.isl, self.loadtest.osl))
+        for where, isl, osl in sequences:
+            if isl > self.build.max_input_len:
+                raise ValueError(
+                    f"{where}.isl ({isl}) is above build.max_input_len ({self.build.max_input_len})"
+                )
+            if isl + osl > self.build.max_seq_len:
+                raise ValueError(
+                    f"{where}.isl + osl ({isl} + {osl}) is above build.max_seq_len ({self.build.max_seq_len})"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _expectations_reachable(self) -> Spec:
+        expected, most = self.loadtest.expect.groups_serving, self.serving.replicas.max
+        if expected is not None and expected > most:
+            raise ValueError(
+                f"loadtest.expect.groups_serving ({expected}) is above serving.replicas.max ({most}): "
+                "the load test could never pass"
+            )
+        return self
 
     @model_validator(mode="after")
     def _release_can_work(self) -> Spec:
@@ -570,6 +806,11 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _plan_fits(self) -> Spec:
         check_group_divides(self.build.tp, self.build.pp, self.cluster.gpus_per_node)
+        if self.world_size > INT32_MAX:  # the chart's group.worldSize, LWS `size`: int32 in Kubernetes
+            raise ValueError(
+                f"build.tp*build.pp = {self.world_size} GPUs is beyond what Kubernetes counts "
+                f"(int32, {INT32_MAX}); no cluster has that many"
+            )
         check_weights_fit(self)
         return self
 
@@ -689,8 +930,46 @@ def _format_error(error: Any) -> str:
     return hide_secrets(f"{path}: {message}" if path else message)
 
 
-class SpecLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that also reads `1e9` as a number, as YAML 1.2 and Kubernetes' go-yaml do
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML 6.0 keeps the last
+    one silently; YAML 1.2 says keys are unique, and helm's sigs.k8s.io/yaml refuses them)."""
+
+    def get_single_data(self) -> Any:
+        """The document, after checking every mapping in it for duplicate keys."""
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node)
+        return self.construct_document(node)
+
+
+def _refuse_duplicate_keys(root: yaml.Node) -> None:
+    """ConstructorError naming the dotted path and line of the first repeated key (iterative; an
+    alias's node is walked once)."""
+    seen: set[int] = set()
+    stack: list[tuple[str, yaml.Node]] = [("", root)]
+    while stack:
+        path, node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((f"{path}{i}.", child) for i, child in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value)
+                if name in first and key.tag != "tag:yaml.org,2002:merge":
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"duplicate key {path}{name} (first at line {first[name] + 1}); keep one",
+                        problem_mark=key.start_mark,
+                    )
+                first.setdefault(name, key.start_mark.line)
+                stack.append((f"{path}{name}.", value))
+
+
+class SpecLoader(UniqueKeyLoader):
+    """UniqueKeyLoader that also reads `1e9` as a number, as YAML 1.2 and Kubernetes' go-yaml do
     (PyYAML's YAML 1.1 resolver wants `1.0e9` and would pass the string on)."""
 
 
