@@ -158,13 +158,14 @@ def check_image(value: str) -> str:
 
 ImageRef = Annotated[str, AfterValidator(check_image)]
 
-# Cron fields as Argo's CronWorkflow parser (github.com/robfig/cron/v3 parser.go) bounds them.
+# Cron fields as Argo's CronWorkflow parser bounds them (github.com/robfig/cron/v3 v3.0.1, spec.go
+# and parser.go getRange: '*'/'?', a-b, /step >= 1, names case-insensitive, start <= end).
 CRON_FIELDS = (
     ("minute", 0, 59),
     ("hour", 0, 23),
     ("day of month", 1, 31),
     ("month", 1, 12),
-    ("day of week", 0, 7),
+    ("day of week", 0, 6),  # robfig has no 7 for Sunday (spec.go bounds)
 )
 MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 WEEKDAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
