@@ -90,6 +90,7 @@ BAD: list[tuple[str, Change, str]] = [
     ("image-trailing-newline", put("serving.image", "ghcr.io/x/y:1\n"), "serving.image"),
     ("image-uppercase", put("serving.image", "ghcr.io/Org/Name:1"), "serving.image"),
     ("image-short-digest", put("serving.image", "ghcr.io/x/y@sha256:abc"), "serving.image"),
+    ("source-trailing-newline", put("model.source", "/models/llama\n"), "model.source"),
     ("pipeline-image-space", put("images.pipeline", "ghcr.io/x/y :1"), "images.pipeline"),
     ("topology-space", put("serving.topology.key", "spine layer 3"), "serving.topology.key"),
     ("topology-leading-dash", put("serving.topology.key", "-a/b"), "serving.topology.key"),
@@ -256,3 +257,16 @@ def test_every_accepted_variant_renders_and_validates(name: str) -> None:
     for obj in objects:
         validate_object(obj)
         assert obj["metadata"]["name"].startswith(release_fullname(spec.name)), obj["metadata"]["name"]
+
+
+def test_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    """YAML's merge key `<<` (PyYAML 6.0 constructor.py flatten_mapping) may be overridden by the
+    mapping's own key, and an anchored mapping reused twice is walked once: neither is a duplicate."""
+    text = REFERENCE.read_text().replace(
+        "name: llama-405b\n", "name: llama-405b\nx-defaults: &bench {isl: 128, osl: 128}\n", 1
+    )
+    path = tmp_path / "spec.yaml"
+    reuse = "    - {<<: *bench, osl: 64}\n    - *bench\n"
+    path.write_text(text.replace("    - {isl: 128, osl: 128}\n", reuse, 1))
+    # Loaded without a duplicate-key error: the only problem left is the extra top-level key.
+    refused_cleanly(path, "x-defaults: unknown key")

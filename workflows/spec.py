@@ -257,7 +257,8 @@ class ModelSpec(Strict):
     @field_validator("source", "tokenizer")
     @classmethod
     def _valid_uri(cls, value: str | None) -> str | None:
-        if value is not None and not MODEL_URI.match(value):
+        # fullmatch: `$` alone would let a trailing newline through into the steps' arguments.
+        if value is not None and not MODEL_URI.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not a model URI; use hf://org/name@revision, s3://bucket/prefix "
                 "or an absolute path"
