@@ -45,6 +45,7 @@ from pathlib import Path
 
 import yaml
 
+from steps.contract import CPU_POINTER
 from steps.manifest import DEFAULT_OUTPUTS, Manifest, hash_tree, read_manifest, write_manifest, write_outputs
 from steps.transfer import cli_logging
 from workflows.spec import GIB, MAX_WEIGHTS_FRACTION, Spec, SpecError, load_spec
@@ -65,7 +66,6 @@ EXAMPLES_ROOT = "/opt/tensorrt_llm"
 MODELOPT_QFORMATS = {"fp8": "fp8", "int4_awq": "int4_awq"}
 LLM_API_OPTIONS = "extra_llm_api_options.yaml"
 HF_QUANT_CONFIG = "hf_quant_config.json"  # what ModelOpt's HF export writes next to config.json
-CPU_POINTER = "checkpoint.json"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2

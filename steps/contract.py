@@ -22,6 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# What the build step writes for backends that load the checkpoint as it is (cpu-python,
+# trtllm-pytorch): a pointer naming the checkpoint. Read by publish and, inside Triton's python
+# stub, by the CPU backend, whose environment has none of the spec's dependencies.
+CPU_POINTER = "checkpoint.json"
+
 
 @dataclass(frozen=True)
 class Contract:

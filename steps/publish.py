@@ -44,8 +44,8 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from steps.build import CPU_POINTER, BadCheckpoint, llm_api_options, validate_checkpoint
-from steps.contract import ENSEMBLE
+from steps.build import BadCheckpoint, llm_api_options, validate_checkpoint
+from steps.contract import CPU_POINTER, ENSEMBLE
 from steps.cpu_backend.repository import ENSEMBLE_INPUTS
 from steps.manifest import (
     DEFAULT_OUTPUTS,

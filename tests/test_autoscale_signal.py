@@ -20,7 +20,7 @@ import pytest
 
 from steps.autoscale.loadgen import LoadPlan, LoadResult, run_load
 from steps.autoscale.simulator import simulate
-from steps.build import CPU_POINTER
+from steps.contract import CPU_POINTER
 from steps.publish import CPU_TEMPLATES, render_repository
 from tests.support.prometheus import PrometheusProcess, ScrapeTarget, chart_rule_groups, start_prometheus
 from tests.support.triton import TritonProcess, start_triton

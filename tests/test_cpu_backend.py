@@ -16,8 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from safetensors.numpy import load_file, save_file
 
-from steps.build import CPU_POINTER
-from steps.contract import LLMAPI
+from steps.contract import CPU_POINTER, LLMAPI
 from steps.cpu_backend.inflight import decode_tokens_batch, word_list_tensor, word_lists_from_tensor
 from steps.cpu_backend.llama import GenerationParams, LlamaModel, generate
 from steps.cpu_backend.repository import DEFAULT_MAX_BATCH_SIZE

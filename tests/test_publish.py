@@ -15,7 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from steps import publish as p
-from steps.build import CPU_POINTER
+from steps.contract import CPU_POINTER
 from steps.manifest import REPOSITORY_MANIFEST, read_manifest, repository_manifest_path, repository_problem
 from tests.support.faultproxy import FaultProxy
 from tests.support.triton import start_triton
@@ -426,6 +426,7 @@ def test_a_dest_that_is_a_file_is_refused_in_one_line(where, templates, tmp_path
 def test_s3_manifest_is_uploaded_after_every_file_it_lists(moto_s3, templates, tmp_path, monkeypatch):
     """The order of S3 writes, seen through botocore's `provide-client-params.s3.<Operation>` events
     (botocore 1.44.8 botocore/client.py `_emit_api_params` emits them with the caller's parameters)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)  # the bucket's server, whatever ran before
     bucket = moto_s3.new_bucket()
     (tmp_path / "e").mkdir()
     (tmp_path / "t").mkdir()

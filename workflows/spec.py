@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from kubernetes.utils import parse_quantity
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -113,6 +112,10 @@ CHART_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P)?")
 
 def check_quantity(value: str) -> str:
     """A positive Kubernetes quantity (kubernetes.utils.parse_quantity) in the chart's notation."""
+    # Imported on use: the kubernetes client is heavy, and most importers of the spec (the CLI's
+    # help, the steps' --help, the Triton stub) never validate a quantity.
+    from kubernetes.utils import parse_quantity
+
     try:
         amount = parse_quantity(value)
     except ValueError:

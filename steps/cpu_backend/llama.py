@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from steps.contract import CPU_POINTER
+
 
 @dataclass(frozen=True)
 class LlamaConfig:
@@ -93,9 +95,6 @@ def checkpoint_dir(path: Path | str) -> Path:
     path = Path(path)
     if (path / "config.json").is_file():
         return path
-    # Imported here: steps.build pulls in the spec model, which plain checkpoints do not need.
-    from steps.build import CPU_POINTER
-
     pointer = path / CPU_POINTER
     if pointer.is_file():
         return Path(json.loads(pointer.read_text())["checkpoint"])

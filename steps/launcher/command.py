@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from workflows.spec import Backend
+from steps.contract import LLMAPI, contract_for
 
 TRTLLM_MODEL = "tensorrt_llm"  # upstream's name for the model every rank must load
 LLMAPI_LAUNCH = "trtllm-llmapi-launch"
@@ -132,7 +132,7 @@ def mpirun_command(plan: LaunchPlan) -> list[str]:
     ]
     # `-x` belongs to an app context (Open MPI applies it to the context it precedes only).
     exports = [arg for key, value in sorted(plan.rank_env.items()) for arg in ("-x", f"{key}={value}")]
-    if plan.backend == Backend.TRTLLM_PYTORCH:
+    if contract_for(plan.backend) is LLMAPI:  # the llmapi model: rank 0 serves, the rest run its worker loop
         return [*cmd, "-np", str(plan.world_size), *exports, LLMAPI_LAUNCH, *server_args(plan, 0)]
     for rank in range(plan.world_size):
         cmd += ["-np", "1", *exports, *server_args(plan, rank), ":"]
