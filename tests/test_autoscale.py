@@ -103,7 +103,8 @@ def test_loadgen_requests_follow_the_backends_contract() -> None:
         assert LoadGenerator("h:1", plan).endpoint == f"http://h:1/v2/models/{contract.model}/generate_stream"
     assert body == {"text_input": prompt(loadtest.isl), "sampling_param_max_tokens": loadtest.osl,
                     "streaming": True, "sampling_param_exclude_input_from_output": True}  # fmt: skip
-    assert json.loads(request_body(LoadPlan.from_spec(loadtest)))["min_length"] == loadtest.osl
+    engine = LoadPlan.from_spec(loadtest, "trtllm-engine")
+    assert json.loads(request_body(engine))["min_length"] == loadtest.osl
 
 
 def asyncio_run(generator: LoadGenerator):

@@ -53,11 +53,10 @@ class LoadPlan:
     contract: Contract = ENSEMBLE
 
     @classmethod
-    def from_spec(cls, loadtest: LoadTestSpec, backend: str | None = None) -> LoadPlan:
+    def from_spec(cls, loadtest: LoadTestSpec, backend: str) -> LoadPlan:
         """The plan the spec's loadtest section describes, in the contract of the spec's backend."""
-        contract = contract_for(backend) if backend else ENSEMBLE
         stages = tuple(loadtest.stages)
-        return cls(stages, loadtest.isl, loadtest.osl, loadtest.max_requests, contract=contract)
+        return cls(stages, loadtest.isl, loadtest.osl, loadtest.max_requests, contract=contract_for(backend))
 
     @property
     def duration_s(self) -> float:
